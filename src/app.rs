@@ -1,0 +1,28 @@
+//! The shared state of a running server: configuration, store, server key, and the
+//! handle that wakes the mail sender.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::secrets::ServerKey;
+use crate::store::Store;
+
+pub struct App {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub key: ServerKey,
+    pub mail_wake: Arc<Notify>,
+}
+
+impl App {
+    pub fn name(&self) -> &str {
+        &self.cfg.webapp_name
+    }
+
+    /// Where to go after sign-in: the validated return URL, else `redirect_url`.
+    pub fn landing<'a>(&'a self, return_to: Option<&'a str>) -> &'a str {
+        return_to.unwrap_or(&self.cfg.redirect_url)
+    }
+}

@@ -1,0 +1,603 @@
+//! Configuration: one struct, parsed from TOML with defaults, overridden from the
+//! environment in one place, and validated once at start-up with errors that name the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::net::IpNet;
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A duration written as `30d`, `7d`, `12h`, `10m`, `45s`, or `0`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0.as_secs())
+    }
+}
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(Dur(Duration::ZERO));
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (use e.g. 30d, 12h, 10m, 45s or 0)"))?;
+        let mult = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return Err(format!("`{s}` has an unknown unit (use s, m, h or d)")),
+        };
+        n.checked_mul(mult)
+            .filter(|v| *v <= 100 * 365 * 86400)
+            .map(|v| Dur(Duration::from_secs(v)))
+            .ok_or_else(|| format!("`{s}` is too long"))
+    }
+    pub fn secs(&self) -> i64 {
+        self.0.as_secs() as i64
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
+            Raw::N(0) => Ok(Dur(Duration::ZERO)),
+            Raw::N(n) => Err(serde::de::Error::custom(format!(
+                "`{n}` needs a unit (e.g. \"{n}s\")"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub webapp_name: String,
+    pub public_url: String,
+    pub redirect_url: String,
+    pub listen: String,
+    pub database: String,
+    pub secret_key_file: String,
+    pub trusted_proxies: Vec<String>,
+    pub allowed_redirect_hosts: Vec<String>,
+    pub cookie: CookieConfig,
+    pub session: SessionConfig,
+    pub email: EmailConfig,
+    pub server: ServerConfig,
+    pub cors: CorsConfig,
+    /// Derived at validation; never read from the file.
+    #[serde(skip)]
+    pub derived: Derived,
+}
+
+/// Values computed once from the raw keys by `validate()`.
+#[derive(Debug, Clone, Default)]
+pub struct Derived {
+    pub public_url: Option<url::Url>,
+    /// `public_url` without a trailing slash, for building links.
+    pub public_base: String,
+    /// `scheme://host[:port]` of `public_url`, for Origin checks.
+    pub public_origin: String,
+    pub listen: Option<SocketAddr>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub smtp_password: Option<String>,
+    pub cookie_domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieConfig {
+    pub name: String,
+    pub domain: String,
+    pub secure: bool,
+    pub same_site: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub lifetime: Dur,
+    pub idle_timeout: Dur,
+    pub link_ttl: Dur,
+    pub code_attempts: u32,
+    pub match_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    pub sender_address: String,
+    pub transport: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_tls: String,
+    pub smtp_username: String,
+    pub smtp_password_file: String,
+    pub smtp_timeout: Dur,
+    pub retry_max_interval: Dur,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub max_connections: usize,
+    pub header_read_timeout: Dur,
+    pub request_timeout: Dur,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            webapp_name: "authbase".into(),
+            public_url: "http://localhost:9091".into(),
+            redirect_url: "http://localhost:9091/me".into(),
+            listen: "127.0.0.1:9091".into(),
+            database: "authbase.db".into(),
+            secret_key_file: "authbase.key".into(),
+            trusted_proxies: vec![],
+            allowed_redirect_hosts: vec![],
+            cookie: CookieConfig::default(),
+            session: SessionConfig::default(),
+            email: EmailConfig::default(),
+            server: ServerConfig::default(),
+            cors: CorsConfig::default(),
+            derived: Derived::default(),
+        }
+    }
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            name: "session_id".into(),
+            domain: String::new(),
+            secure: false,
+            same_site: "lax".into(),
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            lifetime: Dur(Duration::from_secs(30 * 86400)),
+            idle_timeout: Dur(Duration::from_secs(7 * 86400)),
+            link_ttl: Dur(Duration::from_secs(600)),
+            code_attempts: 5,
+            match_attempts: 3,
+        }
+    }
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            sender_address: "authbase <no-reply@localhost.localdomain>".into(),
+            transport: "log".into(),
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 2525,
+            smtp_tls: "none".into(),
+            smtp_username: String::new(),
+            smtp_password_file: String::new(),
+            smtp_timeout: Dur(Duration::from_secs(10)),
+            retry_max_interval: Dur(Duration::from_secs(300)),
+            max_attempts: 30,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 4096,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            request_timeout: Dur(Duration::from_secs(30)),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Where environment overrides come from; a trait so tests never touch the process env.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    /// Read, parse, override from the environment, and validate.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text, env)
+    }
+
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| s.start.min(text.len()));
+            let line = at.map(|a| text[..a].matches('\n').count() + 1);
+            ConfigError {
+                key: at
+                    .and_then(|a| key_at(text, a))
+                    .unwrap_or_else(|| "authbase.toml".into()),
+                message: format!(
+                    "{}{}",
+                    e.message().trim_end(),
+                    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+                ),
+            }
+        })?;
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Environment overrides, all in one place.
+    fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        if let Some(p) = env.var("AUTHBASE_SMTP_PASSWORD") {
+            self.derived.smtp_password = Some(p);
+        }
+        Ok(())
+    }
+
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.webapp_name.trim().is_empty() || self.webapp_name.chars().any(char::is_control) {
+            return Err(err(
+                "webapp_name",
+                "must be a non-empty name without control characters",
+            ));
+        }
+        let public = parse_http_url("public_url", &self.public_url)?;
+        if public.query().is_some() || public.fragment().is_some() {
+            return Err(err("public_url", "must not have a query or fragment"));
+        }
+        self.derived.public_base = public.as_str().trim_end_matches('/').to_string();
+        self.derived.public_origin = public.origin().ascii_serialization();
+        parse_http_url("redirect_url", &self.redirect_url)?;
+        self.derived.listen = Some(self.listen.parse().map_err(|_| {
+            err(
+                "listen",
+                format!("`{}` is not an address like 127.0.0.1:9091", self.listen),
+            )
+        })?);
+        if self.database.trim().is_empty() {
+            return Err(err("database", "must name a SQLite file"));
+        }
+        if self.secret_key_file.trim().is_empty() {
+            return Err(err("secret_key_file", "must name a file"));
+        }
+        self.derived.trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<IpNet>().map_err(|_| {
+                    err(
+                        "trusted_proxies",
+                        format!("`{p}` is not an IP address or CIDR"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for h in &self.allowed_redirect_hosts {
+            if !is_hostname(h.trim_start_matches("*.")) {
+                return Err(err(
+                    "allowed_redirect_hosts",
+                    format!("`{h}` is not a host name"),
+                ));
+            }
+        }
+        for o in &self.cors.allowed_origins {
+            let u = url::Url::parse(o).ok().filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.origin().ascii_serialization() == o.trim_end_matches('/')
+            });
+            if u.is_none() {
+                return Err(err(
+                    "cors.allowed_origins",
+                    format!("`{o}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+
+        // Cookie.
+        let c = &self.cookie;
+        if c.name.is_empty()
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(err(
+                "cookie.name",
+                "must be letters, digits, `_`, `-` or `.`",
+            ));
+        }
+        if !matches!(c.same_site.as_str(), "lax" | "strict") {
+            return Err(err("cookie.same_site", "must be \"lax\" or \"strict\""));
+        }
+        let domain = c.domain.trim().trim_start_matches('.').to_ascii_lowercase();
+        if !domain.is_empty() {
+            if !is_hostname(&domain) {
+                return Err(err(
+                    "cookie.domain",
+                    format!("`{}` is not a domain", c.domain),
+                ));
+            }
+            let host = public.host_str().unwrap_or("").to_ascii_lowercase();
+            if !host_within(&host, &domain) {
+                return Err(err(
+                    "cookie.domain",
+                    format!("public_url host `{host}` is not `{domain}` or one of its subdomains, so browsers would refuse the cookie"),
+                ));
+            }
+            self.derived.cookie_domain = Some(domain);
+        }
+        if c.secure && public.scheme() != "https" && public.host_str() != Some("localhost") {
+            return Err(err(
+                "cookie.secure",
+                "is true but public_url is not https: browsers would never send the cookie",
+            ));
+        }
+        self.derived.public_url = Some(public);
+
+        // Session.
+        let s = &self.session;
+        if s.lifetime.0.is_zero() {
+            return Err(err("session.lifetime", "must be longer than 0"));
+        }
+        if s.link_ttl.0.is_zero() || s.link_ttl.0 > Duration::from_secs(86400) {
+            return Err(err("session.link_ttl", "must be between 1s and 1d"));
+        }
+        if s.code_attempts == 0 || s.code_attempts > 20 {
+            return Err(err("session.code_attempts", "must be between 1 and 20"));
+        }
+        if s.match_attempts == 0 || s.match_attempts > 10 {
+            return Err(err("session.match_attempts", "must be between 1 and 10"));
+        }
+
+        // Email.
+        let e = &self.email;
+        if e.sender_address
+            .parse::<lettre::message::Mailbox>()
+            .is_err()
+        {
+            return Err(err(
+                "email.sender_address",
+                format!(
+                    "`{}` is not an address like `My App <no-reply@example.com>`",
+                    e.sender_address
+                ),
+            ));
+        }
+        if !matches!(e.transport.as_str(), "log" | "smtp") {
+            return Err(err("email.transport", "must be \"log\" or \"smtp\""));
+        }
+        if !matches!(e.smtp_tls.as_str(), "none" | "starttls" | "tls") {
+            return Err(err(
+                "email.smtp_tls",
+                "must be \"none\", \"starttls\" or \"tls\"",
+            ));
+        }
+        if e.transport == "smtp" && e.smtp_host.trim().is_empty() {
+            return Err(err(
+                "email.smtp_host",
+                "is required when transport = \"smtp\"",
+            ));
+        }
+        if e.smtp_timeout.0.is_zero() {
+            return Err(err("email.smtp_timeout", "must be longer than 0"));
+        }
+        if e.retry_max_interval.0 < Duration::from_secs(1) {
+            return Err(err("email.retry_max_interval", "must be at least 1s"));
+        }
+        if e.max_attempts == 0 {
+            return Err(err("email.max_attempts", "must be at least 1"));
+        }
+        if self.derived.smtp_password.is_none() && !e.smtp_password_file.is_empty() {
+            let p = std::fs::read_to_string(&e.smtp_password_file).map_err(|x| {
+                err(
+                    "email.smtp_password_file",
+                    format!("cannot read {}: {x}", e.smtp_password_file),
+                )
+            })?;
+            self.derived.smtp_password = Some(p.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if self.derived.smtp_password.is_some() && e.smtp_username.is_empty() {
+            return Err(err(
+                "email.smtp_username",
+                "is required when a password is set",
+            ));
+        }
+
+        // Server limits.
+        let v = &self.server;
+        if v.max_connections == 0 {
+            return Err(err("server.max_connections", "must be at least 1"));
+        }
+        if v.header_read_timeout.0.is_zero() {
+            return Err(err("server.header_read_timeout", "must be longer than 0"));
+        }
+        if v.request_timeout.0.is_zero() {
+            return Err(err("server.request_timeout", "must be longer than 0"));
+        }
+        if v.max_body_bytes < 1024 {
+            return Err(err("server.max_body_bytes", "must be at least 1024"));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.derived.listen.expect("validated")
+    }
+
+    pub fn public_base(&self) -> &str {
+        &self.derived.public_base
+    }
+
+    pub fn secret_key_path(&self) -> PathBuf {
+        PathBuf::from(&self.secret_key_file)
+    }
+}
+
+/// The dotted key (`section.key`) written at byte offset `at` of a TOML text.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    let section = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    if line.starts_with('[') {
+        return Some(
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string(),
+        );
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"');
+    if key.is_empty() {
+        return section;
+    }
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+fn parse_http_url(key: &str, v: &str) -> Result<url::Url, ConfigError> {
+    let u =
+        url::Url::parse(v).map_err(|e| err(key, format!("`{v}` is not an absolute URL: {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(err(
+            key,
+            format!("`{v}` must be an http:// or https:// URL"),
+        ));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(err(key, "must not contain user:password@"));
+    }
+    Ok(u)
+}
+
+/// A DNS host name in ASCII (IDN must be given in punycode).
+pub fn is_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `host` equals `domain` or is a subdomain of it (both lowercase ASCII).
+pub fn host_within(host: &str, domain: &str) -> bool {
+    host == domain
+        || (host.len() > domain.len()
+            && host.ends_with(domain)
+            && host.as_bytes()[host.len() - domain.len() - 1] == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../authbase.toml");
+        let c = Config::from_toml(text, &NoEnv).expect("authbase.toml must validate");
+        assert_eq!(c.cookie.name, "session_id");
+        assert_eq!(c.email.transport, "log");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[session]\nlifetime = \"3x\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "session.lifetime", "{e}");
+        let e = Config::from_toml("bogus = 1\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "bogus", "{e}");
+        let e = Config::from_toml("[email]\nsmtp_port = \"x\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "email.smtp_port", "{e}");
+        let e = Config::from_toml("[cookie]\nnmae = \"x\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "cookie.nmae", "{e}");
+        let e = Config::from_toml("public_url = \"ftp://x\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "public_url");
+        let e = Config::from_toml("[cookie]\ndomain = \"other.org\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "cookie.domain");
+        let e = Config::from_toml("[email]\ntransport = \"pigeon\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "email.transport");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Dur::parse("30d").unwrap().secs(), 30 * 86400);
+        assert_eq!(Dur::parse("10m").unwrap().secs(), 600);
+        assert_eq!(Dur::parse("0").unwrap().secs(), 0);
+        assert!(Dur::parse("10").is_err());
+        assert!(Dur::parse("-1s").is_err());
+        assert!(Dur::parse("99999999999999d").is_err());
+    }
+
+    #[test]
+    fn host_within_needs_a_dot_boundary() {
+        assert!(host_within("a.example.com", "example.com"));
+        assert!(host_within("example.com", "example.com"));
+        assert!(!host_within("badexample.com", "example.com"));
+    }
+}

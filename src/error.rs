@@ -1,0 +1,71 @@
+//! One error type for request handling, and the one place it becomes an HTTP response.
+
+use hyper::StatusCode;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not signed in")]
+    Unauthorized,
+    #[error("cross-site request refused")]
+    CrossSite,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported content type; send a form or JSON")]
+    UnsupportedMediaType,
+    #[error("the database is busy; try again")]
+    Busy,
+    #[error("the request took too long")]
+    Timeout,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::CrossSite => StatusCode::FORBIDDEN,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Busy | AppError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the user is told. Internal details stay in the log, referenced by id.
+    pub fn public_message(&self) -> String {
+        match self {
+            AppError::Internal(_) => "Something went wrong on our side.".into(),
+            AppError::CrossSite => {
+                "This request came from another site and was refused. Start again from the sign-in page.".into()
+            }
+            other => {
+                let mut s = other.to_string();
+                if let Some(c) = s.get_mut(0..1) {
+                    c.make_ascii_uppercase();
+                }
+                s
+            }
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Busy => AppError::Busy,
+            StoreError::Db(m) => AppError::Internal(m),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The sign-in page (`GET /`), starting a sign-in (`POST /auth`), the waiting browser's
+//! page and status (`GET /auth`), and the one-time code (`POST /auth/code`).
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::json;
+
+use crate::email_addr;
+use crate::pages::{self, CheckEmail, Index, Message};
+use crate::secrets;
+use crate::store::{now, NewSignIn, SignedIn, WaitState};
+use crate::web::{self, Ctx, Resp};
+use crate::{error::AppError, redirect};
+
+pub async fn index(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
+    let q = web::query(&req);
+    let rd = q
+        .get("rd")
+        .and_then(|r| redirect::validate(r, &ctx.app.cfg));
+    pages::render(
+        StatusCode::OK,
+        &Index {
+            app_name: ctx.app.name(),
+            email: "",
+            rd: rd.as_deref(),
+            error: None,
+        },
+    )
+}
+
+pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
+    web::check_origin(req.headers(), &ctx.app)?;
+    let ua = web::user_agent(req.headers());
+    let (headers, body) = web::read_body(req, ctx.app.cfg.server.max_body_bytes).await?;
+    let form = web::parse_form(&headers, body).await?;
+    let raw_email = form.get("email").map(String::as_str).unwrap_or("");
+    let rd = form
+        .get("rd")
+        .and_then(|r| redirect::validate(r, &ctx.app.cfg));
+
+    let email = match email_addr::normalise(raw_email) {
+        Ok(e) => e,
+        Err(e) => {
+            if ctx.wants_json {
+                return Ok(web::json(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": "invalid_email", "message": e.to_string() }),
+                ));
+            }
+            let shown: String = raw_email
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(254)
+                .collect();
+            return pages::render(
+                StatusCode::BAD_REQUEST,
+                &Index {
+                    app_name: ctx.app.name(),
+                    email: &shown,
+                    rd: rd.as_deref(),
+                    error: Some(&e.to_string()),
+                },
+            );
+        }
+    };
+
+    let cfg = &ctx.app.cfg;
+    // A fresh session id, always: one the client brought is only ever deleted.
+    let replaces = web::session_hash(&headers, &cfg.cookie.name);
+    let (token, session_hash) = secrets::new_token();
+    let salt = secrets::random::<16>();
+    let link_hash = secrets::hash(&ctx.app.key.link_secret(&salt));
+    let match_number = {
+        let r = u16::from_be_bytes(secrets::random::<2>()) % 90 + 10;
+        r.to_string()
+    };
+    let started = ctx
+        .app
+        .store
+        .start_sign_in(NewSignIn {
+            email: email.clone(),
+            replaces,
+            session_hash,
+            salt,
+            link_hash,
+            match_number: match_number.clone(),
+            return_to: rd,
+            ip: ctx.client_ip.to_string(),
+            user_agent: ua,
+            now: now(),
+            link_ttl: cfg.session.link_ttl.secs(),
+        })
+        .await?;
+    match &started {
+        Some(s) => {
+            tracing::info!(request_id = s.request_id, outbox_id = s.outbox_id, ip = %ctx.client_ip, "sign-in requested");
+            ctx.app.mail_wake.notify_one();
+        }
+        None => tracing::warn!(ip = %ctx.client_ip, "sign-in refused: user blocked"),
+    }
+
+    // Same answer whether the address was known, new or blocked.
+    let mut r = if ctx.wants_json {
+        web::json(
+            StatusCode::OK,
+            json!({ "status": "check_email", "match_number": match_number }),
+        )
+    } else {
+        pages::render(
+            StatusCode::OK,
+            &CheckEmail {
+                app_name: ctx.app.name(),
+                email: &email,
+                match_number: &match_number,
+                error: None,
+            },
+        )?
+    };
+    web::set_cookie(
+        &mut r,
+        web::session_cookie(&ctx.app, &token, cfg.session.link_ttl.secs()),
+    );
+    Ok(r)
+}
+
+/// A signed-in answer: the rotated cookie, then the landing page (or JSON naming it).
+pub fn signed_in_response(ctx: &Ctx, s: &SignedIn) -> Resp {
+    let to = ctx.app.landing(s.return_to.as_deref()).to_string();
+    tracing::info!(user_id = s.user_id, "signed in");
+    let mut r = if ctx.wants_json {
+        web::json(
+            StatusCode::OK,
+            json!({ "status": "signed_in", "redirect": to }),
+        )
+    } else {
+        web::redirect(&to)
+    };
+    web::set_cookie(
+        &mut r,
+        web::session_cookie(&ctx.app, &s.token, ctx.app.cfg.session.lifetime.secs()),
+    );
+    r
+}
+
+/// The waiting browser: its page, or (JSON) its status; signs it in once approved.
+pub async fn wait(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
+    let cfg = &ctx.app.cfg;
+    let state = match web::session_hash(req.headers(), &cfg.cookie.name) {
+        Some(h) => {
+            ctx.app
+                .store
+                .wait_state(h, now(), cfg.session.lifetime.secs())
+                .await?
+        }
+        None => WaitState::Gone(crate::store::Refusal::Unknown),
+    };
+    match state {
+        WaitState::SignedIn(s) => Ok(signed_in_response(ctx, &s)),
+        WaitState::Waiting {
+            email,
+            match_number,
+            ..
+        } => {
+            if ctx.wants_json {
+                return Ok(web::json(StatusCode::OK, json!({ "status": "waiting" })));
+            }
+            pages::render(
+                StatusCode::OK,
+                &CheckEmail {
+                    app_name: ctx.app.name(),
+                    email: &email,
+                    match_number: &match_number,
+                    error: None,
+                },
+            )
+        }
+        WaitState::Gone(r) => {
+            if ctx.wants_json {
+                let status = match r {
+                    crate::store::Refusal::Unknown => "none",
+                    crate::store::Refusal::Expired => "expired",
+                    crate::store::Refusal::Used => "used",
+                    _ => "cancelled",
+                };
+                return Ok(web::json(StatusCode::OK, json!({ "status": status })));
+            }
+            if r == crate::store::Refusal::Unknown {
+                return pages::render(
+                    StatusCode::OK,
+                    &Message::new(
+                        ctx.app.name(),
+                        "No sign-in in progress",
+                        "This browser is not waiting for a sign-in link.",
+                    )
+                    .link("/", "Sign in"),
+                );
+            }
+            super::refusal(ctx, r)
+        }
+    }
+}
+
+pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
+    web::check_origin(req.headers(), &ctx.app)?;
+    let (headers, body) = web::read_body(req, ctx.app.cfg.server.max_body_bytes).await?;
+    let form = web::parse_form(&headers, body).await?;
+    let code: String = form
+        .get("code")
+        .map(|c| c.chars().filter(|c| *c != ' ' && *c != '-').collect())
+        .unwrap_or_default();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AppError::BadRequest(
+            "enter the 6-digit code from the email".into(),
+        ));
+    }
+    let cfg = &ctx.app.cfg;
+    let Some(hash) = web::session_hash(&headers, &cfg.cookie.name) else {
+        return super::refusal(ctx, crate::store::Refusal::Unknown);
+    };
+    let out = ctx
+        .app
+        .store
+        .submit_code(
+            hash,
+            code,
+            ctx.app.key.clone(),
+            now(),
+            cfg.session.lifetime.secs(),
+            cfg.session.code_attempts,
+        )
+        .await?;
+    match out {
+        Ok(s) => Ok(signed_in_response(ctx, &s)),
+        Err(crate::store::Refusal::Wrong) => {
+            tracing::warn!(ip = %ctx.client_ip, "wrong sign-in code");
+            if ctx.wants_json {
+                return super::refusal(ctx, crate::store::Refusal::Wrong);
+            }
+            // Show the waiting page again, with the error.
+            match ctx
+                .app
+                .store
+                .wait_state(hash, now(), cfg.session.lifetime.secs())
+                .await?
+            {
+                WaitState::Waiting {
+                    email,
+                    match_number,
+                    ..
+                } => pages::render(
+                    StatusCode::BAD_REQUEST,
+                    &CheckEmail {
+                        app_name: ctx.app.name(),
+                        email: &email,
+                        match_number: &match_number,
+                        error: Some("That code is not right. Check the email and try again."),
+                    },
+                ),
+                WaitState::SignedIn(s) => Ok(signed_in_response(ctx, &s)),
+                WaitState::Gone(r) => super::refusal(ctx, r),
+            }
+        }
+        Err(r) => {
+            if r == crate::store::Refusal::Locked {
+                tracing::warn!(ip = %ctx.client_ip, "sign-in cancelled after too many wrong codes");
+            }
+            super::refusal(ctx, r)
+        }
+    }
+}

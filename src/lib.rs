@@ -1,0 +1,97 @@
+//! authbase: passwordless, email-only sign-in as a forward-auth sidecar.
+//!
+//! `main.rs` parses the command line and calls [`serve`]; everything else lives here so
+//! it can be tested without a process.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod email_addr;
+pub mod error;
+pub mod handlers;
+pub mod mail;
+pub mod net;
+pub mod pages;
+pub mod redirect;
+pub mod router;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod web;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::app::App;
+use crate::config::Config;
+
+/// How often expired sessions, requests and old mail are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// Start-up failures that are not configuration errors (database, key file, transport).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// Everything `serve` needs that can fail, prepared before the listener is bound.
+pub fn prepare(cfg: Config) -> Result<(Arc<App>, mail::Mailer), StartError> {
+    let cfg = Arc::new(cfg);
+    let store = store::Store::open(cfg.database.as_ref(), Duration::from_secs(5))
+        .map_err(|e| StartError(format!("database {}: {e}", cfg.database)))?;
+    let key = secrets::ServerKey::load_or_create(&cfg.secret_key_path()).map_err(StartError)?;
+    let transport = mail::Transport::from_config(&cfg).map_err(StartError)?;
+    let wake = Arc::new(Notify::new());
+    let app = Arc::new(App {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        key: key.clone(),
+        mail_wake: wake.clone(),
+    });
+    let mailer = mail::Mailer {
+        cfg,
+        store,
+        key,
+        transport,
+        wake,
+    };
+    Ok((app, mailer))
+}
+
+/// Serve on `listener` until `shutdown` resolves, with the mail sender and the sweeper
+/// running beside the HTTP server.
+pub async fn serve(
+    app: Arc<App>,
+    mailer: mail::Mailer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mail_task = tokio::spawn(mailer.run(stopped(stop_rx.clone())));
+    let store = app.store.clone();
+    let sweep_stop = stopped(stop_rx);
+    let sweep_task = tokio::spawn(async move {
+        tokio::pin!(sweep_stop);
+        loop {
+            match store.sweep(store::now()).await {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "swept expired rows"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+            tokio::select! {
+                _ = &mut sweep_stop => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+        }
+    });
+    server::run(listener, app, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(mail_task, sweep_task);
+    tracing::info!("stopped");
+}

@@ -1,0 +1,305 @@
+//! Mail delivery: the background sender that drains the durable outbox in the database.
+//!
+//! `POST /auth` only writes an outbox row (in the same transaction as the sign-in
+//! request) and wakes this task, so a slow or dead SMTP server never blocks or fails a
+//! request, and a restart loses nothing. Failed sends are retried with exponential
+//! backoff up to `email.retry_max_interval`, for `email.max_attempts` attempts.
+//! Delivery is at-least-once: a crash between the SMTP server's "250 OK" and the
+//! database update sends that message again on restart.
+//!
+//! Sign-in messages are rendered here, at send time, re-deriving the link secret and the
+//! code from the server key: the outbox row holds neither.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::pages;
+use crate::secrets::{self, ServerKey};
+use crate::store::{now, OutboxItem, Store};
+
+pub enum Transport {
+    /// Print messages to stdout (development; the message includes its link).
+    Log,
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+impl Transport {
+    pub fn from_config(cfg: &Config) -> Result<Transport, String> {
+        let e = &cfg.email;
+        if e.transport == "log" {
+            return Ok(Transport::Log);
+        }
+        let b = match e.smtp_tls.as_str() {
+            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.smtp_host),
+            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&e.smtp_host),
+            _ => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+                &e.smtp_host,
+            )),
+        }
+        .map_err(|x| format!("email.smtp_host: {x}"))?;
+        let mut b = b.port(e.smtp_port).timeout(Some(e.smtp_timeout.0));
+        if let Some(pw) = &cfg.derived.smtp_password {
+            b = b.credentials(Credentials::new(e.smtp_username.clone(), pw.clone()));
+        }
+        Ok(Transport::Smtp(b.build()))
+    }
+}
+
+pub struct Mailer {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub key: ServerKey,
+    pub transport: Transport,
+    pub wake: Arc<Notify>,
+}
+
+/// Why one delivery attempt did not succeed.
+enum Failure {
+    /// Worth retrying (server down, timeout, 4xx).
+    Retry(String),
+    /// Never worth retrying (the link expired, a 5xx refusal, a bad address).
+    Permanent(String),
+}
+
+impl Mailer {
+    /// Run until `stop` resolves. Checks the queue when woken, when the next retry is
+    /// due, and at least every few seconds.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            if let Err(e) = self.drain().await {
+                tracing::warn!(error = %e, "mail outbox unavailable; will retry");
+            }
+            let wait = match self.store.next_mail_due().await {
+                Ok(Some(at)) => Duration::from_secs((at - now()).clamp(0, 5) as u64),
+                _ => Duration::from_secs(5),
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
+            }
+        }
+    }
+
+    async fn drain(&self) -> Result<(), crate::store::StoreError> {
+        loop {
+            let due = self.store.due_mail(now(), 20).await?;
+            if due.is_empty() {
+                return Ok(());
+            }
+            for item in due {
+                self.deliver(item).await?;
+            }
+        }
+    }
+
+    async fn deliver(&self, item: OutboxItem) -> Result<(), crate::store::StoreError> {
+        let outcome = match self.build(&item).await {
+            Ok(msg) => self.send(msg).await,
+            Err(f) => Err(f),
+        };
+        let attempt = item.attempts + 1;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(outbox_id = item.id, kind = %item.kind, attempt, "mail sent");
+                self.store.mail_sent(item.id, now()).await
+            }
+            Err(Failure::Retry(e)) if attempt < self.cfg.email.max_attempts as i64 => {
+                let backoff =
+                    (1i64 << attempt.min(20)).min(self.cfg.email.retry_max_interval.secs());
+                tracing::warn!(outbox_id = item.id, attempt, retry_in_s = backoff, error = %e, "mail not sent; will retry");
+                self.store
+                    .mail_failed(item.id, e, Some(now() + backoff))
+                    .await
+            }
+            Err(Failure::Retry(e) | Failure::Permanent(e)) => {
+                tracing::error!(outbox_id = item.id, attempt, error = %e, "mail failed; giving up");
+                self.store.mail_failed(item.id, e, None).await
+            }
+        }
+    }
+
+    async fn build(&self, item: &OutboxItem) -> Result<Message, Failure> {
+        let from: Mailbox = self
+            .cfg
+            .email
+            .sender_address
+            .parse()
+            .map_err(|e| Failure::Permanent(format!("sender address: {e}")))?;
+        let to: Mailbox = item
+            .recipient
+            .parse()
+            .map_err(|e| Failure::Permanent(format!("recipient: {e}")))?;
+        let (subject, text, html) = match item.kind.as_str() {
+            "sign_in" => self.render_sign_in(item).await?,
+            _ => (
+                item.subject.clone(),
+                item.text_body.clone(),
+                item.html_body.clone(),
+            ),
+        };
+        Message::builder()
+            .from(from)
+            .to(to)
+            .subject(subject)
+            .message_id(None)
+            .multipart(MultiPart::alternative_plain_html(text, html))
+            .map_err(|e| Failure::Permanent(format!("building message: {e}")))
+    }
+
+    async fn render_sign_in(&self, item: &OutboxItem) -> Result<(String, String, String), Failure> {
+        let id = item
+            .request_id
+            .ok_or_else(|| Failure::Permanent("sign-in mail without a request".into()))?;
+        let req = self
+            .store
+            .request_by_id(id)
+            .await
+            .map_err(|e| Failure::Retry(e.to_string()))?
+            .ok_or_else(|| Failure::Permanent("sign-in request no longer exists".into()))?;
+        if !req.live(now()) {
+            return Err(Failure::Permanent(format!(
+                "sign-in request is {} (not sent: its link could not be used)",
+                if req.state == "pending" {
+                    "expired"
+                } else {
+                    req.state.as_str()
+                }
+            )));
+        }
+        let secret = self.key.link_secret(&req.salt);
+        // The key file was replaced since the request: a link would not work.
+        if !secrets::ct_eq(&secrets::hash(&secret), &req.link_hash) {
+            return Err(Failure::Permanent(
+                "server key changed since the request".into(),
+            ));
+        }
+        let link = format!("{}/sign_in/{}", self.cfg.public_base(), secret);
+        let code = self.key.code(&req.salt);
+        let app = &self.cfg.webapp_name;
+        let requested_at = pages::utc(req.created_at);
+        let requester = pages::requester(&req.user_agent, &req.ip);
+        let ttl_minutes = ((req.expires_at - req.created_at) / 60).max(1);
+        let render = |r: Result<String, askama::Error>| {
+            r.map_err(|e| Failure::Permanent(format!("template: {e}")))
+        };
+        let text = render(
+            pages::SignInText {
+                app_name: app,
+                email: &req.email,
+                link: &link,
+                code: &code,
+                ttl_minutes,
+                requested_at: &requested_at,
+                requester: &requester,
+            }
+            .render(),
+        )?;
+        let html = render(
+            pages::SignInHtml {
+                app_name: app,
+                email: &req.email,
+                link: &link,
+                code: &code,
+                ttl_minutes,
+                requested_at: &requested_at,
+                requester: &requester,
+            }
+            .render(),
+        )?;
+        Ok((format!("Sign in to {app}"), text, html))
+    }
+
+    async fn send(&self, msg: Message) -> Result<(), Failure> {
+        match &self.transport {
+            Transport::Log => {
+                // Development transport: the whole message, link included, on stdout.
+                use std::io::Write;
+                let raw = String::from_utf8_lossy(&msg.formatted()).into_owned();
+                let text = plain_part(&raw);
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "----- authbase mail (transport = \"log\": development only) -----\n\
+                     To: {}\n{}\n-----",
+                    msg.envelope()
+                        .to()
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    text
+                );
+                let _ = out.flush();
+                Ok(())
+            }
+            Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| {
+                if e.is_permanent() {
+                    Failure::Permanent(e.to_string())
+                } else {
+                    Failure::Retry(e.to_string())
+                }
+            }),
+        }
+    }
+}
+
+/// The Subject line and decoded text/plain part of a formatted message, for the log
+/// transport (lettre encodes bodies as quoted-printable or base64).
+fn plain_part(raw: &str) -> String {
+    let subject = raw
+        .lines()
+        .find(|l| l.starts_with("Subject: "))
+        .unwrap_or("")
+        .to_string();
+    let Some(start) = raw.find("Content-Type: text/plain") else {
+        return subject;
+    };
+    let part = &raw[start..];
+    let Some(body_at) = part.find("\r\n\r\n") else {
+        return subject;
+    };
+    let headers = &part[..body_at];
+    let body = &part[body_at + 4..];
+    let body = &body[..body.find("\r\n--").unwrap_or(body.len())];
+    let decoded = if headers.contains("quoted-printable") {
+        decode_qp(body)
+    } else if headers.contains("base64") {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(body.replace("\r\n", ""))
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| body.to_string())
+    } else {
+        body.to_string()
+    };
+    format!("{subject}\n\n{}", decoded.replace("\r\n", "\n"))
+}
+
+fn decode_qp(s: &str) -> String {
+    let s = s.replace("=\r\n", "");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' && i + 2 < b.len() {
+            if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

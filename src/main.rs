@@ -1,0 +1,142 @@
+//! The `authbase` command: parse the command line, start logging, load the config (one
+//! line and exit 64 on error), bind, and hand over to the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use authbase::config::{Config, ProcessEnv};
+
+/// Passwordless, email-only sign-in as a forward-auth sidecar for nginx, Traefik and Caddy.
+#[derive(Parser)]
+#[command(name = "authbase", version, propagate_version = true)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTHBASE_CONFIG",
+        default_value = "authbase.toml"
+    )]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "AUTHBASE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Validate the configuration file and exit (0 when valid, 64 when not).
+    CheckConfig,
+}
+
+/// sysexits.h: EX_CONFIG for configuration errors, EX_UNAVAILABLE / EX_SOFTWARE otherwise.
+const EXIT_CONFIG: u8 = 64;
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let cfg = match Config::load(&cli.config, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("authbase: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            println!("{}: ok", cli.config.display());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(cfg),
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("authbase: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    rt.block_on(async move {
+        let addr = cfg.listen_addr();
+        if cfg.email.transport == "log" {
+            tracing::warn!(
+                "email.transport = \"log\": sign-in links are printed to stdout (development only)"
+            );
+        }
+        let (app, mailer) = match authbase::prepare(cfg) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("authbase: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("authbase: cannot listen on {addr}: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(address = %bound, "listening on http://{bound}");
+        authbase::serve(app, mailer, listener, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}

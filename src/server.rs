@@ -1,0 +1,147 @@
+//! The accept loop: HTTP/1.1 with a header-read timeout, a connection cap, a per-request
+//! timeout, the request wrapper (security headers, error mapping, one log line per
+//! request) and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+use crate::error::AppError;
+use crate::pages::{self, Message};
+use crate::router;
+use crate::web::{self, Ctx, Resp};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let cfg = app.cfg.clone();
+    let permits = Arc::new(Semaphore::new(cfg.server.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.server.header_read_timeout.0)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .max_headers(100);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => { backoff = Duration::from_millis(5); x }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = service_fn(move |req| handle(app.clone(), peer, req));
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("in-flight requests did not finish in time"),
+    }
+}
+
+async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = router::loggable_path(req.uri().path()).to_string();
+    let ctx = Ctx::new(app.clone(), peer, &req);
+    let timeout = app.cfg.server.request_timeout.0;
+    let result = match tokio::time::timeout(timeout, router::route(&ctx, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(AppError::Timeout),
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => error_response(&ctx, e),
+    };
+    web::security_headers(&mut resp);
+    tracing::info!(
+        target: "authbase::request",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ip = %ctx.client_ip,
+        "request"
+    );
+    Ok(resp)
+}
+
+/// The one place an error becomes a response.
+fn error_response(ctx: &Ctx, e: AppError) -> Resp {
+    let status = e.status();
+    let reference = if status.is_server_error() {
+        tracing::error!(reference = %ctx.request_id, error = %e, "request failed");
+        Some(ctx.request_id.as_str())
+    } else {
+        None
+    };
+    let message = e.public_message();
+    let mut r = if ctx.wants_json || status == StatusCode::UNAUTHORIZED {
+        let mut v = serde_json::json!({ "error": status.canonical_reason().unwrap_or("error"), "message": message });
+        if let Some(id) = reference {
+            v["reference"] = id.into();
+        }
+        web::json(status, v)
+    } else {
+        let title = status.canonical_reason().unwrap_or("Error");
+        let page = Message {
+            reference,
+            ..Message::new(ctx.app.name(), title, &message).link("/", "Back to sign-in")
+        };
+        pages::render(status, &page).unwrap_or_else(|_| {
+            web::with_type(status, "text/plain; charset=utf-8", message.clone().into())
+        })
+    };
+    match e {
+        AppError::MethodNotAllowed(allow) => {
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        AppError::Busy | AppError::Timeout => {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    r
+}

@@ -1,0 +1,87 @@
+//! Schema migrations: a `PRAGMA user_version` ladder. Each step runs once, in order, inside
+//! a transaction, so a file written by an older release is upgraded on start.
+
+use rusqlite::Connection;
+
+/// Index `i` upgrades the schema from version `i` to `i + 1`. Append; never edit.
+const STEPS: &[&str] = &[
+    // 1: users, sessions, sign-in requests, the mail outbox.
+    r#"
+    CREATE TABLE users (
+        id          INTEGER PRIMARY KEY,
+        email       TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        created_at  INTEGER NOT NULL,
+        blocked     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE sessions (
+        id            INTEGER PRIMARY KEY,
+        token_hash    BLOB NOT NULL UNIQUE,
+        user_id       INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        confirmed     INTEGER NOT NULL DEFAULT 0,
+        created_at    INTEGER NOT NULL,
+        last_seen_at  INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        ip            TEXT NOT NULL DEFAULT '',
+        user_agent    TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX sessions_expires ON sessions(expires_at);
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE sign_in_requests (
+        id              INTEGER PRIMARY KEY,
+        session_id      INTEGER REFERENCES sessions(id) ON DELETE SET NULL,
+        user_id         INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        salt            BLOB NOT NULL,
+        link_hash       BLOB NOT NULL UNIQUE,
+        match_number    TEXT NOT NULL,
+        state           TEXT NOT NULL DEFAULT 'pending',
+        code_attempts   INTEGER NOT NULL DEFAULT 0,
+        match_attempts  INTEGER NOT NULL DEFAULT 0,
+        return_to       TEXT,
+        ip              TEXT NOT NULL DEFAULT '',
+        user_agent      TEXT NOT NULL DEFAULT '',
+        created_at      INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL
+    );
+    CREATE INDEX sign_in_requests_expires ON sign_in_requests(expires_at);
+    CREATE INDEX sign_in_requests_session ON sign_in_requests(session_id);
+    CREATE TABLE outbox (
+        id               INTEGER PRIMARY KEY,
+        kind             TEXT NOT NULL,
+        request_id       INTEGER,
+        recipient        TEXT NOT NULL,
+        subject          TEXT NOT NULL DEFAULT '',
+        text_body        TEXT NOT NULL DEFAULT '',
+        html_body        TEXT NOT NULL DEFAULT '',
+        state            TEXT NOT NULL DEFAULT 'queued',
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  INTEGER NOT NULL,
+        last_error       TEXT,
+        created_at       INTEGER NOT NULL,
+        sent_at          INTEGER
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    "#,
+];
+
+pub const LATEST: i64 = STEPS.len() as i64;
+
+pub fn run(conn: &mut Connection) -> rusqlite::Result<i64> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > LATEST {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {current} is newer than this authbase ({LATEST}); upgrade authbase"
+        )));
+    }
+    for (i, sql) in STEPS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if v > i as i64 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(LATEST)
+}

@@ -1,0 +1,751 @@
+//! The store: every read and write of persistent state, behind one narrow API.
+//!
+//! SQLite through an r2d2 pool, WAL mode, a busy timeout, migrations on open. Every call
+//! runs on tokio's blocking pool (`spawn_blocking`, pool `get()` included) so the async
+//! executor never waits on disk. Only hashes of tokens and link secrets are stored.
+
+mod migrations;
+
+use std::path::Path;
+use std::time::Duration;
+
+use r2d2::{Pool, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::secrets::{self, Hash, ServerKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database busy")]
+    Busy,
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Db(format!("connection pool: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Seconds since the Unix epoch; all stored times use it.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<SqliteConnectionManager>,
+}
+
+/// A session found by its token hash.
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    pub session_id: i64,
+    pub user_id: i64,
+    pub email: String,
+    pub confirmed: bool,
+    pub last_seen_at: i64,
+}
+
+/// A sign-in request, as shown on the confirmation page and in the email.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub id: i64,
+    pub email: String,
+    pub salt: Vec<u8>,
+    pub link_hash: Vec<u8>,
+    pub state: String,
+    pub match_number: String,
+    pub return_to: Option<String>,
+    pub ip: String,
+    pub user_agent: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl RequestInfo {
+    pub fn live(&self, now: i64) -> bool {
+        self.state == "pending" && self.expires_at > now
+    }
+}
+
+/// What the caller of `start_sign_in` gets.
+#[derive(Debug)]
+pub struct Started {
+    pub request_id: i64,
+    pub outbox_id: i64,
+}
+
+/// Why a link, code or approval did not sign anyone in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such link / no pending request for this browser.
+    Unknown,
+    /// Past its `link_ttl`.
+    Expired,
+    /// Already used (or already approved).
+    Used,
+    /// Cancelled ("this wasn't me", too many wrong codes or numbers, or superseded).
+    Cancelled,
+    /// Wrong code or number; attempts remain.
+    Wrong,
+    /// Wrong code or number, and that was the last attempt: the request is cancelled.
+    Locked,
+    /// The user is blocked.
+    Blocked,
+}
+
+/// A confirmed session ready to be set as a cookie.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub token: String,
+    pub return_to: Option<String>,
+    pub user_id: i64,
+}
+
+/// What the waiting browser learns when it asks about its request.
+#[derive(Debug)]
+pub enum WaitState {
+    Waiting {
+        email: String,
+        match_number: String,
+        return_to: Option<String>,
+    },
+    SignedIn(SignedIn),
+    Gone(Refusal),
+}
+
+/// A message due for delivery.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub kind: String,
+    pub request_id: Option<i64>,
+    pub recipient: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: String,
+    pub attempts: i64,
+}
+
+pub struct NewSignIn {
+    pub email: String,
+    pub replaces: Option<Hash>,
+    pub session_hash: Hash,
+    pub salt: [u8; 16],
+    pub link_hash: Hash,
+    pub match_number: String,
+    pub return_to: Option<String>,
+    pub ip: String,
+    pub user_agent: String,
+    pub now: i64,
+    pub link_ttl: i64,
+}
+
+type Conn = PooledConnection<SqliteConnectionManager>;
+
+impl Store {
+    /// Open (creating if needed) and migrate the database file.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        // Switch to WAL (a persistent setting) and migrate on one connection first, so
+        // pool connections opening in parallel never race for that exclusive lock.
+        {
+            let mut c = Connection::open(path)?;
+            c.busy_timeout(busy_timeout)?;
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            migrations::run(&mut c)?;
+        }
+        let manager = SqliteConnectionManager::file(path).with_init(move |c| {
+            c.busy_timeout(busy_timeout)?;
+            c.execute_batch(
+                "PRAGMA synchronous = NORMAL;
+                 PRAGMA foreign_keys = ON;",
+            )
+        });
+        let pool = Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(5))
+            .build(manager)?;
+        Ok(Store { pool })
+    }
+
+    /// Run blocking database work off the async executor.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+    }
+
+    pub async fn ready(&self) -> Result<()> {
+        self.run(|c| {
+            let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if v == migrations::LATEST {
+                Ok(())
+            } else {
+                Err(StoreError::Db(format!("schema version {v}")))
+            }
+        })
+        .await
+    }
+
+    /// A live session for this token hash (pending or confirmed), not idle-expired, user
+    /// not blocked.
+    pub async fn session(&self, hash: Hash, now: i64, idle: i64) -> Result<Option<SessionUser>> {
+        self.run(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at
+                   FROM sessions s JOIN users u ON u.id = s.user_id
+                  WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.blocked = 0
+                    AND (?3 = 0 OR s.confirmed = 0 OR s.last_seen_at + ?3 > ?2)",
+            )?
+            .query_row(params![&hash[..], now, idle], |r| {
+                Ok(SessionUser {
+                    session_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    email: r.get(2)?,
+                    confirmed: r.get(3)?,
+                    last_seen_at: r.get(4)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Record activity for the idle timeout. Never moves `expires_at`.
+    pub async fn touch(&self, session_id: i64, now: i64) -> Result<()> {
+        self.run(move |c| {
+            c.prepare_cached("UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1")?
+                .execute(params![session_id, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_session(&self, hash: Hash) -> Result<bool> {
+        self.run(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                    .execute(params![&hash[..]])?
+                    > 0,
+            )
+        })
+        .await
+    }
+
+    /// Create the user if new, a pending session for this browser, the sign-in request,
+    /// and its queued email — in one transaction. `None` when the user is blocked.
+    pub async fn start_sign_in(&self, n: NewSignIn) -> Result<Option<Started>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO users (email, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![n.email, n.now],
+            )?;
+            let (user_id, blocked, email): (i64, bool, String) = tx.query_row(
+                "SELECT id, blocked, email FROM users WHERE email = ?1",
+                params![n.email],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            if let Some(old) = n.replaces {
+                tx.execute(
+                    "DELETE FROM sessions WHERE token_hash = ?1",
+                    params![&old[..]],
+                )?;
+            }
+            if blocked {
+                tx.commit()?;
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
+                                       expires_at, ip, user_agent)
+                 VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6)",
+                params![
+                    &n.session_hash[..],
+                    user_id,
+                    n.now,
+                    n.now + n.link_ttl,
+                    n.ip,
+                    n.user_agent
+                ],
+            )?;
+            let session_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO sign_in_requests (session_id, user_id, salt, link_hash, match_number,
+                     return_to, ip, user_agent, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    session_id,
+                    user_id,
+                    &n.salt[..],
+                    &n.link_hash[..],
+                    n.match_number,
+                    n.return_to,
+                    n.ip,
+                    n.user_agent,
+                    n.now,
+                    n.now + n.link_ttl
+                ],
+            )?;
+            let request_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO outbox (kind, request_id, recipient, next_attempt_at, created_at)
+                 VALUES ('sign_in', ?1, ?2, ?3, ?3)",
+                params![request_id, email, n.now],
+            )?;
+            let outbox_id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Some(Started {
+                request_id,
+                outbox_id,
+            }))
+        })
+        .await
+    }
+
+    pub async fn request_by_link(&self, link_hash: Hash) -> Result<Option<RequestInfo>> {
+        self.run(move |c| request_where(c, "r.link_hash = ?1", &link_hash[..]))
+            .await
+    }
+
+    pub async fn request_by_id(&self, id: i64) -> Result<Option<RequestInfo>> {
+        self.run(move |c| request_where(c, "r.id = ?1", id)).await
+    }
+
+    /// The link was opened in the browser that asked: confirm its own pending session,
+    /// under a new token. Anything else is a refusal and changes nothing.
+    pub async fn confirm_same_browser(
+        &self,
+        link_hash: Hash,
+        session_hash: Hash,
+        now: i64,
+        lifetime: i64,
+    ) -> Result<std::result::Result<SignedIn, Refusal>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
+                return Ok(Err(Refusal::Unknown));
+            };
+            if let Err(r) = usable(&req, now) {
+                return Ok(Err(r));
+            }
+            let waiting: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT s.token_hash FROM sessions s JOIN sign_in_requests r
+                        ON r.session_id = s.id WHERE r.id = ?1 AND s.confirmed = 0",
+                    params![req.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if !waiting.is_some_and(|h| secrets::ct_eq(&h, &session_hash)) {
+                return Ok(Err(Refusal::Unknown));
+            }
+            let out = consume_and_confirm(&tx, &req, now, lifetime)?;
+            tx.commit()?;
+            Ok(Ok(out))
+        })
+        .await
+    }
+
+    /// "Sign in on this device": a new confirmed session for the browser holding the link;
+    /// the waiting browser's pending session is ended and never gets in.
+    pub async fn sign_in_here(
+        &self,
+        link_hash: Hash,
+        now: i64,
+        lifetime: i64,
+        ip: String,
+        user_agent: String,
+    ) -> Result<std::result::Result<SignedIn, Refusal>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
+                return Ok(Err(Refusal::Unknown));
+            };
+            if let Err(r) = usable(&req, now) {
+                return Ok(Err(r));
+            }
+            if !set_state(&tx, req.id, "consumed")? {
+                return Ok(Err(Refusal::Used));
+            }
+            tx.execute(
+                "DELETE FROM sessions WHERE confirmed = 0 AND id =
+                   (SELECT session_id FROM sign_in_requests WHERE id = ?1)",
+                params![req.id],
+            )?;
+            let (token, hash) = secrets::new_token();
+            let user_id: i64 = tx.query_row(
+                "SELECT user_id FROM sign_in_requests WHERE id = ?1",
+                params![req.id],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
+                                       expires_at, ip, user_agent)
+                 VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5, ?6)",
+                params![&hash[..], user_id, now, now + lifetime, ip, user_agent],
+            )?;
+            tx.commit()?;
+            Ok(Ok(SignedIn {
+                token,
+                return_to: req.return_to,
+                user_id,
+            }))
+        })
+        .await
+    }
+
+    /// "Approve the waiting browser", allowed only with the number that browser shows.
+    pub async fn approve(
+        &self,
+        link_hash: Hash,
+        number: String,
+        now: i64,
+        max_attempts: u32,
+    ) -> Result<std::result::Result<RequestInfo, Refusal>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
+                return Ok(Err(Refusal::Unknown));
+            };
+            if let Err(r) = usable(&req, now) {
+                return Ok(Err(r));
+            }
+            let ok = number.len() == req.match_number.len()
+                && secrets::ct_eq(number.as_bytes(), req.match_number.as_bytes());
+            let out = if ok {
+                set_state(&tx, req.id, "approved")?;
+                Ok(req)
+            } else {
+                Err(wrong_attempt(&tx, req.id, "match_attempts", max_attempts)?)
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// "This wasn't me": cancel the request and end the waiting browser's pending session.
+    pub async fn cancel(
+        &self,
+        link_hash: Hash,
+        now: i64,
+    ) -> Result<std::result::Result<(), Refusal>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
+                return Ok(Err(Refusal::Unknown));
+            };
+            if let Err(r) = usable(&req, now) {
+                return Ok(Err(r));
+            }
+            cancel_request(&tx, req.id)?;
+            tx.commit()?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// The waiting browser asks about its request; if it was approved elsewhere it is
+    /// signed in now, under a new token.
+    pub async fn wait_state(
+        &self,
+        session_hash: Hash,
+        now: i64,
+        lifetime: i64,
+    ) -> Result<WaitState> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(req) = request_for_pending(&tx, &session_hash)? else {
+                return Ok(WaitState::Gone(Refusal::Unknown));
+            };
+            let out = match req.state.as_str() {
+                "approved" if req.expires_at > now => {
+                    WaitState::SignedIn(consume_and_confirm(&tx, &req, now, lifetime)?)
+                }
+                "pending" if req.expires_at > now => WaitState::Waiting {
+                    email: req.email,
+                    match_number: req.match_number,
+                    return_to: req.return_to,
+                },
+                "cancelled" => WaitState::Gone(Refusal::Cancelled),
+                "consumed" => WaitState::Gone(Refusal::Used),
+                _ => WaitState::Gone(Refusal::Expired),
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The one-time code from the email, typed into the waiting browser.
+    pub async fn submit_code(
+        &self,
+        session_hash: Hash,
+        code: String,
+        key: ServerKey,
+        now: i64,
+        lifetime: i64,
+        max_attempts: u32,
+    ) -> Result<std::result::Result<SignedIn, Refusal>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(req) = request_for_pending(&tx, &session_hash)? else {
+                return Ok(Err(Refusal::Unknown));
+            };
+            if let Err(r) = usable(&req, now) {
+                return Ok(Err(r));
+            }
+            let expected = key.code(&req.salt);
+            let out = if code.len() == expected.len()
+                && secrets::ct_eq(code.as_bytes(), expected.as_bytes())
+            {
+                Ok(consume_and_confirm(&tx, &req, now, lifetime)?)
+            } else {
+                Err(wrong_attempt(&tx, req.id, "code_attempts", max_attempts)?)
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    // ---- outbox ----
+
+    pub async fn due_mail(&self, now: i64, limit: i64) -> Result<Vec<OutboxItem>> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, kind, request_id, recipient, subject, text_body, html_body, attempts
+                   FROM outbox WHERE state = 'queued' AND next_attempt_at <= ?1
+                  ORDER BY next_attempt_at, id LIMIT ?2",
+            )?;
+            let rows = st
+                .query_map(params![now, limit], |r| {
+                    Ok(OutboxItem {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        request_id: r.get(2)?,
+                        recipient: r.get(3)?,
+                        subject: r.get(4)?,
+                        text_body: r.get(5)?,
+                        html_body: r.get(6)?,
+                        attempts: r.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn next_mail_due(&self) -> Result<Option<i64>> {
+        self.run(|c| {
+            Ok(c.query_row(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'queued'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    pub async fn mail_sent(&self, id: i64, now: i64) -> Result<()> {
+        self.run(move |c| {
+            c.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1,
+                        last_error = NULL WHERE id = ?1",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A failed attempt: retry at `next` or, with `None`, give up.
+    pub async fn mail_failed(&self, id: i64, error: String, next: Option<i64>) -> Result<()> {
+        self.run(move |c| {
+            match next {
+                Some(at) => c.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+                            next_attempt_at = ?3 WHERE id = ?1",
+                    params![id, error, at],
+                )?,
+                None => c.execute(
+                    "UPDATE outbox SET state = 'failed', attempts = attempts + 1,
+                            last_error = ?2 WHERE id = ?1",
+                    params![id, error],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Delete what has expired. Returns the number of rows removed.
+    pub async fn sweep(&self, now: i64) -> Result<usize> {
+        self.run(move |c| {
+            let mut n = c.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+            // Keep finished requests for a day so a late click gets "expired", not "unknown".
+            n += c.execute(
+                "DELETE FROM sign_in_requests WHERE expires_at <= ?1",
+                params![now - 86400],
+            )?;
+            n += c.execute(
+                "DELETE FROM outbox WHERE state != 'queued' AND created_at <= ?1",
+                params![now - 7 * 86400],
+            )?;
+            Ok(n)
+        })
+        .await
+    }
+}
+
+fn request_where<P: rusqlite::ToSql>(
+    c: &Connection,
+    cond: &str,
+    p: P,
+) -> Result<Option<RequestInfo>> {
+    let sql = format!(
+        "SELECT r.id, u.email, r.salt, r.link_hash, r.state, r.match_number, r.return_to,
+                r.ip, r.user_agent, r.created_at, r.expires_at
+           FROM sign_in_requests r JOIN users u ON u.id = r.user_id WHERE {cond}"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row([p], |r| {
+            Ok(RequestInfo {
+                id: r.get(0)?,
+                email: r.get(1)?,
+                salt: r.get(2)?,
+                link_hash: r.get(3)?,
+                state: r.get(4)?,
+                match_number: r.get(5)?,
+                return_to: r.get(6)?,
+                ip: r.get(7)?,
+                user_agent: r.get(8)?,
+                created_at: r.get(9)?,
+                expires_at: r.get(10)?,
+            })
+        })
+        .optional()?)
+}
+
+/// The newest request whose waiting session has this (pending) token.
+fn request_for_pending(c: &Connection, session_hash: &Hash) -> Result<Option<RequestInfo>> {
+    request_where(
+        c,
+        "r.session_id = (SELECT id FROM sessions WHERE token_hash = ?1 AND confirmed = 0)
+         ORDER BY r.id DESC LIMIT 1",
+        &session_hash[..],
+    )
+}
+
+fn usable(req: &RequestInfo, now: i64) -> std::result::Result<(), Refusal> {
+    match req.state.as_str() {
+        "pending" if req.expires_at > now => Ok(()),
+        "pending" => Err(Refusal::Expired),
+        "cancelled" => Err(Refusal::Cancelled),
+        _ => Err(Refusal::Used),
+    }
+}
+
+/// Move a request out of `pending`/`approved`; false when another click got there first.
+fn set_state(c: &Connection, id: i64, state: &str) -> Result<bool> {
+    let from = if state == "consumed" {
+        "('pending', 'approved')"
+    } else {
+        "('pending')"
+    };
+    Ok(c.execute(
+        &format!("UPDATE sign_in_requests SET state = ?2 WHERE id = ?1 AND state IN {from}"),
+        params![id, state],
+    )? == 1)
+}
+
+/// Consume the request and turn its waiting session into a confirmed one with a new
+/// token: the pre-sign-in cookie value stops working at this moment.
+fn consume_and_confirm(
+    c: &Connection,
+    req: &RequestInfo,
+    now: i64,
+    lifetime: i64,
+) -> Result<SignedIn> {
+    if !set_state(c, req.id, "consumed")? {
+        return Err(StoreError::Db(
+            "request changed state during confirmation".into(),
+        ));
+    }
+    let (token, hash) = secrets::new_token();
+    let user_id: i64 = c.query_row(
+        "UPDATE sessions SET token_hash = ?2, confirmed = 1, last_seen_at = ?3, expires_at = ?4
+          WHERE id = (SELECT session_id FROM sign_in_requests WHERE id = ?1) AND confirmed = 0
+          RETURNING user_id",
+        params![req.id, &hash[..], now, now + lifetime],
+        |r| r.get(0),
+    )?;
+    Ok(SignedIn {
+        token,
+        return_to: req.return_to.clone(),
+        user_id,
+    })
+}
+
+fn cancel_request(c: &Connection, id: i64) -> Result<()> {
+    c.execute(
+        "UPDATE sign_in_requests SET state = 'cancelled' WHERE id = ?1 AND state IN ('pending', 'approved')",
+        params![id],
+    )?;
+    c.execute(
+        "DELETE FROM sessions WHERE confirmed = 0 AND id =
+           (SELECT session_id FROM sign_in_requests WHERE id = ?1)",
+        params![id],
+    )?;
+    Ok(())
+}
+
+/// Count a wrong code or number; the last allowed one cancels the request.
+fn wrong_attempt(c: &Connection, id: i64, column: &str, max: u32) -> Result<Refusal> {
+    let n: i64 = c.query_row(
+        &format!(
+            "UPDATE sign_in_requests SET {column} = {column} + 1 WHERE id = ?1 RETURNING {column}"
+        ),
+        params![id],
+        |r| r.get(0),
+    )?;
+    if n >= max as i64 {
+        c.execute(
+            "UPDATE sign_in_requests SET state = 'cancelled' WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(Refusal::Locked)
+    } else {
+        Ok(Refusal::Wrong)
+    }
+}

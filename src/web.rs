@@ -1,0 +1,297 @@
+//! The request wrapper and the small HTTP vocabulary handlers share: the per-request
+//! context (client IP, cookies, content negotiation), body and form reading under a size
+//! limit, the same-origin check for state-changing POSTs, response builders, and the
+//! security headers every response carries.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use crate::app::App;
+use crate::config::host_within;
+use crate::error::AppError;
+use crate::secrets::{self, Hash};
+
+pub type Body = Full<Bytes>;
+pub type Resp = Response<Body>;
+pub type Result<T> = std::result::Result<T, AppError>;
+
+/// What every handler gets besides the request.
+pub struct Ctx {
+    pub app: Arc<App>,
+    pub client_ip: IpAddr,
+    pub wants_json: bool,
+    /// A short id for this request, shown on 500 pages and logged with the error.
+    pub request_id: String,
+}
+
+impl Ctx {
+    pub fn new(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Ctx {
+        let xff = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client_ip = crate::net::client_ip(peer.ip(), xff, &app.cfg.derived.trusted_proxies);
+        let wants_json = wants_json(req.headers());
+        let r = secrets::random::<6>();
+        let request_id = r.iter().map(|b| format!("{b:02x}")).collect();
+        Ctx {
+            app,
+            client_ip,
+            wants_json,
+            request_id,
+        }
+    }
+}
+
+/// JSON when the client asks for it (`Accept: application/json`, or it sent JSON).
+pub fn wants_json(h: &HeaderMap) -> bool {
+    let has = |name: HeaderName| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("application/json"))
+    };
+    has(header::ACCEPT) || has(header::CONTENT_TYPE)
+}
+
+pub fn user_agent(h: &HeaderMap) -> String {
+    h.get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect())
+        .unwrap_or_default()
+}
+
+/// The session token from the cookie, if exactly one well-formed value is present.
+/// Duplicated cookies of our name are treated as no session: we cannot tell which one a
+/// browser meant, and an attacker-planted one must not win.
+pub fn session_token(h: &HeaderMap, name: &str) -> Option<String> {
+    let mut found: Option<String> = None;
+    for v in h.get_all(header::COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for c in cookie::Cookie::split_parse(v).flatten() {
+            if c.name() == name {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(c.value().to_string());
+            }
+        }
+    }
+    found.filter(|t| secrets::well_formed(t))
+}
+
+pub fn session_hash(h: &HeaderMap, name: &str) -> Option<Hash> {
+    session_token(h, name).map(|t| secrets::hash(&t))
+}
+
+/// Refuse state-changing requests from other sites (login CSRF, forced sign-out).
+/// An `Origin` must be ours or an allowed one; without `Origin`, a browser's
+/// `Sec-Fetch-Site: cross-site` is refused. Non-browser clients send neither.
+pub fn check_origin(h: &HeaderMap, app: &App) -> Result<()> {
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let o = origin.to_str().map_err(|_| AppError::CrossSite)?;
+        return if origin_allowed(o, app) {
+            Ok(())
+        } else {
+            Err(AppError::CrossSite)
+        };
+    }
+    match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("cross-site") => Err(AppError::CrossSite),
+        _ => Ok(()),
+    }
+}
+
+/// Our own origin, an origin on the cookie domain, or one listed in `cors.allowed_origins`.
+pub fn origin_allowed(origin: &str, app: &App) -> bool {
+    let cfg = &app.cfg;
+    if origin == cfg.derived.public_origin
+        || cfg
+            .cors
+            .allowed_origins
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin)
+    {
+        return true;
+    }
+    let Some(domain) = &cfg.derived.cookie_domain else {
+        return false;
+    };
+    let Ok(u) = url::Url::parse(origin) else {
+        return false;
+    };
+    matches!(u.scheme(), "http" | "https")
+        && u.origin().ascii_serialization() == origin
+        && u.host_str().is_some_and(|h| host_within(h, domain))
+}
+
+/// Read the whole body, refusing more than `limit` bytes.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, Bytes)> {
+    let (parts, body) = req.into_parts();
+    if parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(AppError::PayloadTooLarge);
+    }
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                AppError::PayloadTooLarge
+            } else {
+                AppError::BadRequest("the request body could not be read".into())
+            }
+        })?
+        .to_bytes();
+    Ok((parts.headers, bytes))
+}
+
+/// Form fields from a urlencoded, multipart or JSON body (first value of each name).
+pub async fn parse_form(h: &HeaderMap, body: Bytes) -> Result<HashMap<String, String>> {
+    let ct = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let mut out = HashMap::new();
+    match mime.as_str() {
+        "application/x-www-form-urlencoded" | "" => {
+            for (k, v) in url::form_urlencoded::parse(&body) {
+                out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+            }
+        }
+        "application/json" => {
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|_| AppError::BadRequest("the JSON body is not valid".into()))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| AppError::BadRequest("the JSON body must be an object".into()))?;
+            for (k, v) in obj {
+                if let Some(s) = v.as_str() {
+                    out.insert(k.clone(), s.to_string());
+                }
+            }
+        }
+        "multipart/form-data" => {
+            let boundary = multer::parse_boundary(ct)
+                .map_err(|_| AppError::BadRequest("multipart body without a boundary".into()))?;
+            let stream =
+                futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+            let mut mp = multer::Multipart::new(stream, boundary);
+            let bad = |_| AppError::BadRequest("the multipart body is malformed".into());
+            while let Some(field) = mp.next_field().await.map_err(bad)? {
+                let Some(name) = field.name().map(str::to_string) else {
+                    continue;
+                };
+                let text = field.text().await.map_err(bad)?;
+                out.entry(name).or_insert(text);
+            }
+        }
+        _ => return Err(AppError::UnsupportedMediaType),
+    }
+    Ok(out)
+}
+
+/// Query parameters (first value of each name).
+pub fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if let Some(q) = req.uri().query() {
+        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+            out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+    }
+    out
+}
+
+// ---- responses ----
+
+pub fn html(status: StatusCode, body: String) -> Resp {
+    with_type(status, "text/html; charset=utf-8", body.into())
+}
+
+pub fn json(status: StatusCode, v: serde_json::Value) -> Resp {
+    with_type(status, "application/json", v.to_string().into())
+}
+
+pub fn with_type(status: StatusCode, ctype: &'static str, body: Bytes) -> Resp {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+pub fn redirect(location: &str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// The session cookie as configured: HttpOnly, SameSite, Secure per config, Path=/,
+/// Domain per config.
+pub fn session_cookie(app: &App, value: &str, max_age_secs: i64) -> HeaderValue {
+    let c = &app.cfg.cookie;
+    let mut b = cookie::Cookie::build((c.name.clone(), value.to_string()))
+        .path("/")
+        .http_only(true)
+        .secure(c.secure)
+        .same_site(if c.same_site == "strict" {
+            cookie::SameSite::Strict
+        } else {
+            cookie::SameSite::Lax
+        })
+        .max_age(cookie::time::Duration::seconds(max_age_secs));
+    if let Some(d) = &app.cfg.derived.cookie_domain {
+        b = b.domain(d.clone());
+    }
+    HeaderValue::from_str(&b.build().to_string()).expect("cookie is ASCII")
+}
+
+pub fn set_cookie(r: &mut Resp, v: HeaderValue) {
+    r.headers_mut().append(header::SET_COOKIE, v);
+}
+
+/// Headers every response carries. Pages here carry or follow secrets, so nothing is
+/// cached and no referrer leaks a link.
+pub fn security_headers(r: &mut Resp) {
+    let h = r.headers_mut();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    let is_html = h
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if is_html {
+        h.insert(
+            "content-security-policy",
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                 connect-src 'self'; base-uri 'none'; frame-ancestors 'none'",
+            ),
+        );
+    }
+}
