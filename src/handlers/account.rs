@@ -9,8 +9,11 @@ use crate::pages::{self, Message};
 use crate::store::{now, SessionUser};
 use crate::web::{self, Ctx, Resp};
 
-/// Activity is written at most this often, so reads stay reads.
-const TOUCH_EVERY: i64 = 60;
+/// Activity is written at most once a minute (or a quarter of a short idle timeout), so
+/// reads stay reads while the idle timeout stays accurate.
+fn touch_every(idle: i64) -> i64 {
+    (idle / 4).min(60)
+}
 
 /// The confirmed, live session of this request, if any; records activity for the idle
 /// timeout. Pending sessions (link not yet confirmed) never count.
@@ -26,7 +29,7 @@ pub async fn signed_in(ctx: &Ctx, req: &Request<Incoming>) -> web::Result<Option
     if !s.confirmed {
         return Ok(None);
     }
-    if t - s.last_seen_at >= TOUCH_EVERY {
+    if idle > 0 && t - s.last_seen_at >= touch_every(idle) {
         ctx.app.store.touch(s.session_id, t).await?;
     }
     Ok(Some(s))

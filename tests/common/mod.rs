@@ -1,0 +1,534 @@
+//! Test helpers: the real `authbase` binary on an ephemeral port, a real SMTP server
+//! (aiosmtpd, from the virtualenv `scripts/test` builds), and a small HTTP client with a
+//! cookie jar. Every wait is bounded; every process is killed on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The virtualenv with aiosmtpd, traefik and caddy, made by `scripts/test`.
+pub fn venv() -> PathBuf {
+    let v = std::env::var_os("AUTHBASE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-venv"));
+    assert!(
+        v.join("bin/python").exists(),
+        "no test virtualenv at {} — run the suite with `scripts/test`, which installs aiosmtpd, Traefik and Caddy",
+        v.display()
+    );
+    v
+}
+
+// ---------------------------------------------------------------- SMTP server
+
+pub struct Smtp {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub raw: String,
+    pub envelope: String,
+}
+
+impl Mail {
+    /// The text/plain part, decoded from quoted-printable where needed.
+    pub fn text(&self) -> String {
+        decode_qp(&self.raw)
+    }
+    pub fn link(&self) -> String {
+        let t = self.text();
+        let i = t.find("/sign_in/").expect("mail has a sign-in link");
+        let start = t[..i].rfind("http").expect("absolute link");
+        let end = i + t[i..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '<')
+            .unwrap_or(t.len() - i);
+        t[start..end].to_string()
+    }
+    /// The path part of the link (`/sign_in/...`).
+    pub fn link_path(&self) -> String {
+        let l = self.link();
+        l[l.find("/sign_in/").unwrap()..].to_string()
+    }
+    pub fn code(&self) -> String {
+        let t = self.text();
+        let i = t.find("waiting: ").expect("mail has a code") + "waiting: ".len();
+        t[i..i + 6].to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = &self.raw[..self.raw.find("\r\n\r\n").unwrap_or(self.raw.len())];
+        head.split("\r\n")
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+            })
+            .map(|l| l[name.len() + 1..].trim().to_string())
+    }
+}
+
+fn decode_qp(s: &str) -> String {
+    let s = s.replace("=\r\n", "");
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' && i + 2 < b.len() {
+            if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Smtp {
+    pub fn start() -> Smtp {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = Smtp::start_in(&dir, 0);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Start on a given port (0 = any) writing into `dir`.
+    pub fn start_in(dir: &Path, port: u16) -> Smtp {
+        let mut child = Command::new(venv().join("bin/python"))
+            .arg(repo().join("tests/smtp_sink.py"))
+            .arg("--dir")
+            .arg(dir)
+            .arg("--port")
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the SMTP sink");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .strip_prefix("PORT ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("SMTP sink did not start: {line:?}"));
+        Smtp {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Mail> {
+        read_mails(&self.dir)
+    }
+
+    /// Wait until at least `n` messages arrived; return them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Mail> {
+        wait_mails(&self.dir, n).await
+    }
+}
+
+pub fn read_mails(dir: &Path) -> Vec<Mail> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .map(|p| Mail {
+            raw: std::fs::read_to_string(&p).unwrap(),
+            envelope: std::fs::read_to_string(p.with_extension("env")).unwrap_or_default(),
+        })
+        .collect()
+}
+
+pub async fn wait_mails(dir: &Path, n: usize) -> Vec<Mail> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = read_mails(dir);
+        if m.len() >= n {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} mail(s) in {}s, got {}",
+            WAIT.as_secs(),
+            m.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- authbase
+
+pub struct Authbase {
+    child: Option<Child>,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    pub stdout: Arc<Mutex<String>>,
+    pub stderr: Arc<Mutex<String>>,
+    pub config: String,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_authbase"))
+}
+
+/// A config for tests: ephemeral port, files in the temp dir, SMTP on `smtp_port`,
+/// then `extra` (TOML appended; may add keys to the top level or sections below).
+pub fn test_config(smtp_port: u16, top: &str, sections: &str) -> String {
+    format!(
+        r#"webapp_name = "Test App"
+public_url = "http://auth.test.localhost"
+redirect_url = "http://auth.test.localhost/me"
+listen = "127.0.0.1:0"
+database = "authbase.db"
+secret_key_file = "authbase.key"
+{top}
+[email]
+sender_address = "Test App <no-reply@example.com>"
+transport = "smtp"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+retry_max_interval = "1s"
+{sections}
+"#
+    )
+}
+
+impl Authbase {
+    pub fn start(config: &str) -> Authbase {
+        let dir = tempfile::tempdir().unwrap();
+        Authbase::start_in(dir, config)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Authbase {
+        std::fs::write(dir.path().join("authbase.toml"), config).unwrap();
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("RUST_LOG", "debug,hyper=info,rustls=info,r2d2=info")
+            .env_remove("AUTHBASE_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start authbase");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let out = stdout.clone();
+            let r = BufReader::new(child.stdout.take().unwrap());
+            std::thread::spawn(move || {
+                for l in r.lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&l);
+                    o.push('\n');
+                }
+            });
+        }
+        {
+            let err = stderr.clone();
+            let r = BufReader::new(child.stderr.take().unwrap());
+            std::thread::spawn(move || {
+                for l in r.lines().map_while(Result::ok) {
+                    if let Some(i) = l.find("listening on http://") {
+                        let a = l[i + "listening on http://".len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
+                        let _ = tx.send(a);
+                    }
+                    let mut e = err.lock().unwrap();
+                    e.push_str(&l);
+                    e.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "authbase did not start; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Authbase {
+            child: Some(child),
+            addr,
+            dir,
+            stdout,
+            stderr,
+            config: config.to_string(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("authbase.db")
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("authbase did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop, then start again on the same folder (database and key).
+    pub fn restart(mut self) -> Authbase {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let cfg = self.config.clone();
+        Authbase::start_in(dir, &cfg)
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.addr)
+    }
+}
+
+impl Drop for Authbase {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- HTTP client
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+    /// The value our session cookie is set to by this response, if any.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                let (n, rest) = v.split_once('=')?;
+                (n == name).then(|| rest.split(';').next().unwrap_or("").to_string())
+            })
+    }
+    /// The number shown for cross-device approval (`data-match-number`).
+    pub fn match_number(&self) -> String {
+        let i = self
+            .body
+            .find("data-match-number=\"")
+            .expect("page shows a match number")
+            + "data-match-number=\"".len();
+        self.body[i..i + self.body[i..].find('"').unwrap()].to_string()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection to `addr`, bounded in time.
+pub async fn send(
+    addr: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Resp {
+    tokio::time::timeout(WAIT, async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path);
+        let mut has_host = false;
+        for (k, v) in headers {
+            has_host |= k.eq_ignore_ascii_case("host");
+            req = req.header(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
+        }
+        if !has_host {
+            req = req.header("host", addr);
+        }
+        let res = sender
+            .send_request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("response");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    })
+    .await
+    .expect("request timed out")
+}
+
+/// A browser: one cookie jar (cookie name → value) and the headers a browser sends.
+#[derive(Clone)]
+pub struct Browser {
+    pub addr: String,
+    pub cookies: HashMap<String, String>,
+    pub origin: Option<String>,
+    pub user_agent: String,
+}
+
+impl Browser {
+    pub fn new(addr: &str) -> Browser {
+        Browser {
+            addr: addr.to_string(),
+            cookies: HashMap::new(),
+            origin: None,
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+                .into(),
+        }
+    }
+
+    pub fn session(&self) -> Option<&String> {
+        self.cookies.get("session_id")
+    }
+
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut h: Vec<(&str, &str)> = vec![("user-agent", &self.user_agent)];
+        if !cookie.is_empty() {
+            h.push(("cookie", &cookie));
+        }
+        h.extend_from_slice(extra);
+        let r = send(&self.addr, method, path, &h, body).await;
+        for v in r.headers.get_all("set-cookie").iter() {
+            let v = v.to_str().unwrap();
+            let (n, rest) = v.split_once('=').unwrap();
+            let val = rest.split(';').next().unwrap_or("");
+            if val.is_empty() || v.contains("Max-Age=0") {
+                self.cookies.remove(n);
+            } else {
+                self.cookies.insert(n.to_string(), val.to_string());
+            }
+        }
+        r
+    }
+
+    pub async fn get(&mut self, path: &str) -> Resp {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn get_json(&mut self, path: &str) -> Resp {
+        self.request(
+            Method::GET,
+            path,
+            &[("accept", "application/json")],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// A urlencoded form POST, as a browser submits it (with our Origin when set).
+    pub async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let origin = self.origin.clone();
+        let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
+        if let Some(o) = &origin {
+            h.push(("origin", o));
+        }
+        self.request(Method::POST, path, &h, body).await
+    }
+
+    pub async fn me(&mut self) -> Resp {
+        self.get("/me").await
+    }
+}
+
+/// Start a sign-in for `email` in `browser` and return the mail it produced.
+pub async fn request_link(browser: &mut Browser, smtp: &Smtp, email: &str) -> (Resp, Mail) {
+    let before = smtp.messages().len();
+    let r = browser.post_form("/auth", &[("email", email)]).await;
+    assert_eq!(r.status, 200, "POST /auth: {}", r.body);
+    let mails = smtp.wait_for(before + 1).await;
+    (r, mails[before].clone())
+}

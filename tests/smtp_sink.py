@@ -1,0 +1,54 @@
+"""A real SMTP server for the test suite (aiosmtpd), writing each message to a folder.
+
+Usage: python smtp_sink.py --dir DIR [--port N]
+Prints "PORT <n>" on stdout once it accepts connections (port 0 picks a free one).
+Each message becomes DIR/<n>.eml; the envelope goes to DIR/<n>.env as
+"MAIL FROM" and one "RCPT TO" line per recipient, so tests can see smuggled recipients.
+"""
+import argparse
+import asyncio
+import os
+import signal
+
+from aiosmtpd.smtp import SMTP
+
+
+class Handler:
+    def __init__(self, folder):
+        self.folder = folder
+        self.n = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        self.n += 1
+        base = os.path.join(self.folder, f"{self.n:05d}")
+        with open(base + ".env.tmp", "w") as f:
+            f.write(f"MAIL FROM {envelope.mail_from}\n")
+            for r in envelope.rcpt_tos:
+                f.write(f"RCPT TO {r}\n")
+        with open(base + ".eml.tmp", "wb") as f:
+            f.write(envelope.original_content or envelope.content)
+        os.rename(base + ".env.tmp", base + ".env")
+        os.rename(base + ".eml.tmp", base + ".eml")
+        return "250 OK"
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--port", type=int, default=0)
+    a = p.parse_args()
+    handler = Handler(a.dir)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname="sink.test"), "127.0.0.1", a.port
+    )
+    port = server.sockets[0].getsockname()[1]
+    print(f"PORT {port}", flush=True)
+    stop = asyncio.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    await stop.wait()
+    server.close()
+
+
+asyncio.run(main())
