@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod email_addr;
 pub mod error;
+pub mod forwarded;
 pub mod handlers;
 pub mod mail;
 pub mod net;
@@ -16,6 +17,7 @@ pub mod redirect;
 pub mod router;
 pub mod secrets;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod web;
 

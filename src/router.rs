@@ -5,6 +5,7 @@ use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::{Method, Request, StatusCode};
 
 use crate::error::AppError;
+use crate::handlers::verify::{self, Style};
 use crate::handlers::{account, auth, health, sign_in};
 use crate::pages;
 use crate::web::{self, Ctx, Resp};
@@ -13,7 +14,12 @@ pub async fn route(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     let path = req.uri().path().to_string();
     let m = req.method().clone();
     let read = m == Method::GET || m == Method::HEAD;
+    if m == Method::OPTIONS && web::cors_path(&path) {
+        return web::preflight(req.headers(), &path, &ctx.app);
+    }
     match path.as_str() {
+        "/verify" if read => verify::verify(ctx, req, Style::Status).await,
+        "/verify/redirect" if read => verify::verify(ctx, req, Style::Redirect).await,
         "/" if read => auth::index(ctx, req).await,
         "/auth" if m == Method::POST => auth::start(ctx, req).await,
         "/auth" if m == Method::GET => auth::wait(ctx, req).await,
@@ -34,7 +40,9 @@ pub async fn route(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 Err(AppError::MethodNotAllowed("GET, HEAD, POST"))
             }
         }
-        "/" | "/me" | "/healthz" | "/readyz" => Err(AppError::MethodNotAllowed("GET, HEAD")),
+        "/" | "/me" | "/healthz" | "/readyz" | "/verify" | "/verify/redirect" => {
+            Err(AppError::MethodNotAllowed("GET, HEAD"))
+        }
         "/auth" => Err(AppError::MethodNotAllowed("GET, POST")),
         "/auth/code" | "/sign_out" => Err(AppError::MethodNotAllowed("POST")),
         _ => Err(AppError::NotFound),

@@ -22,6 +22,7 @@ use crate::app::App;
 use crate::error::AppError;
 use crate::pages::{self, Message};
 use crate::router;
+use crate::secrets;
 use crate::web::{self, Ctx, Resp};
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -84,6 +85,7 @@ async fn handle(
     let method = req.method().clone();
     let path = router::loggable_path(req.uri().path()).to_string();
     let ctx = Ctx::new(app.clone(), peer, &req);
+    let cors = web::cors_origin(req.headers(), req.uri().path(), &app);
     let timeout = app.cfg.server.request_timeout.0;
     let result = match tokio::time::timeout(timeout, router::route(&ctx, req)).await {
         Ok(r) => r,
@@ -93,6 +95,9 @@ async fn handle(
         Ok(r) => r,
         Err(e) => error_response(&ctx, e),
     };
+    if let Some(origin) = cors {
+        web::add_cors(&mut resp, origin);
+    }
     web::security_headers(&mut resp);
     tracing::info!(
         target: "authbase::request",
@@ -109,12 +114,16 @@ async fn handle(
 /// The one place an error becomes a response.
 fn error_response(ctx: &Ctx, e: AppError) -> Resp {
     let status = e.status();
-    let reference = if status.is_server_error() {
-        tracing::error!(reference = %ctx.request_id, error = %e, "request failed");
-        Some(ctx.request_id.as_str())
-    } else {
-        None
-    };
+    // A short id shown on 5xx answers and logged with the error, to find one in the other.
+    let reference = status.is_server_error().then(|| {
+        let id: String = secrets::random::<6>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        tracing::error!(reference = %id, error = %e, "request failed");
+        id
+    });
+    let reference = reference.as_deref();
     let message = e.public_message();
     let mut r = if ctx.wants_json || status == StatusCode::UNAUTHORIZED {
         let mut v = serde_json::json!({ "error": status.canonical_reason().unwrap_or("error"), "message": message });

@@ -27,8 +27,6 @@ pub struct Ctx {
     pub app: Arc<App>,
     pub client_ip: IpAddr,
     pub wants_json: bool,
-    /// A short id for this request, shown on 500 pages and logged with the error.
-    pub request_id: String,
 }
 
 impl Ctx {
@@ -39,13 +37,10 @@ impl Ctx {
             .and_then(|v| v.to_str().ok());
         let client_ip = crate::net::client_ip(peer.ip(), xff, &app.cfg.derived.trusted_proxies);
         let wants_json = wants_json(req.headers());
-        let r = secrets::random::<6>();
-        let request_id = r.iter().map(|b| format!("{b:02x}")).collect();
         Ctx {
             app,
             client_ip,
             wants_json,
-            request_id,
         }
     }
 }
@@ -129,6 +124,49 @@ pub fn origin_allowed(origin: &str, app: &App) -> bool {
     matches!(u.scheme(), "http" | "https")
         && u.origin().ascii_serialization() == origin
         && u.host_str().is_some_and(|h| host_within(h, domain))
+}
+
+/// Paths a page on another allowed origin may call with `credentials: "include"`.
+pub fn cors_path(path: &str) -> bool {
+    matches!(path, "/auth" | "/auth/code" | "/me" | "/sign_out")
+}
+
+/// The `Origin` to echo in CORS headers: present, allowed, and on a CORS path. Never `*`.
+pub fn cors_origin(h: &HeaderMap, path: &str, app: &App) -> Option<HeaderValue> {
+    let o = h.get(header::ORIGIN)?;
+    (cors_path(path) && o.to_str().is_ok_and(|s| origin_allowed(s, app))).then(|| o.clone())
+}
+
+pub fn add_cors(r: &mut Resp, origin: HeaderValue) {
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// Answer a CORS preflight: allowed origins get the methods and headers they may use.
+pub fn preflight(h: &HeaderMap, path: &str, app: &App) -> Result<Resp> {
+    if cors_origin(h, path, app).is_none() {
+        return Err(AppError::CrossSite);
+    }
+    let mut r = empty(StatusCode::NO_CONTENT);
+    let hs = r.headers_mut();
+    hs.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    hs.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Accept, X-Requested-With"),
+    );
+    hs.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    Ok(r)
 }
 
 /// Read the whole body, refusing more than `limit` bytes.
@@ -234,6 +272,13 @@ pub fn with_type(status: StatusCode, ctype: &'static str, body: Bytes) -> Resp {
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+/// A response with no body at all (`Content-Length: 0`), as proxies expect from `/verify`.
+pub fn empty(status: StatusCode) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
     r
 }
 

@@ -4,6 +4,7 @@ pub mod account;
 pub mod auth;
 pub mod health;
 pub mod sign_in;
+pub mod verify;
 
 use hyper::StatusCode;
 

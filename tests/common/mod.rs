@@ -16,6 +16,8 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
+pub mod proxy;
+
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub fn repo() -> PathBuf {
@@ -382,6 +384,23 @@ impl Resp {
                 (n == name).then(|| rest.split(';').next().unwrap_or("").to_string())
             })
     }
+    /// The unescaped `value` of the input named `name` in an HTML page.
+    pub fn input_value(&self, name: &str) -> Option<String> {
+        let i = self.body.find(&format!("name=\"{name}\""))?;
+        let rest = &self.body[i..];
+        let v = rest.find("value=\"")? + "value=\"".len();
+        let end = v + rest[v..].find('"')?;
+        Some(
+            rest[v..end]
+                .replace("&#38;", "&")
+                .replace("&amp;", "&")
+                .replace("&#x2f;", "/")
+                .replace("&#47;", "/")
+                .replace("&#34;", "\"")
+                .replace("&quot;", "\""),
+        )
+    }
+
     /// The number shown for cross-device approval (`data-match-number`).
     pub fn match_number(&self) -> String {
         let i = self
@@ -440,6 +459,8 @@ pub async fn send(
 #[derive(Clone)]
 pub struct Browser {
     pub addr: String,
+    /// `Host` to send (a name served by a proxy on `addr`); default: `addr`.
+    pub host: Option<String>,
     pub cookies: HashMap<String, String>,
     pub origin: Option<String>,
     pub user_agent: String,
@@ -449,6 +470,7 @@ impl Browser {
     pub fn new(addr: &str) -> Browser {
         Browser {
             addr: addr.to_string(),
+            host: None,
             cookies: HashMap::new(),
             origin: None,
             user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -474,6 +496,9 @@ impl Browser {
             .collect::<Vec<_>>()
             .join("; ");
         let mut h: Vec<(&str, &str)> = vec![("user-agent", &self.user_agent)];
+        if let Some(host) = &self.host {
+            h.push(("host", host));
+        }
         if !cookie.is_empty() {
             h.push(("cookie", &cookie));
         }

@@ -1,0 +1,98 @@
+//! `/verify` and `/verify/redirect`: the check a reverse proxy makes before every request
+//! to a protected app.
+//!
+//! Two contracts, one per proxy style:
+//! - `GET /verify` (nginx `auth_request`, ingress-nginx `auth-url`): 200 signed in,
+//!   401 not signed in — with the full sign-in URL in `X-Auth-Redirect` for page
+//!   requests, so the proxy can redirect without knowing the portal address.
+//! - `GET /verify/redirect` (Traefik `forwardAuth`, Caddy `forward_auth`, which hand the
+//!   answer to the client): 200 signed in, 302 to the sign-in page for page requests,
+//!   401 for API requests.
+//!
+//! A signed-in answer carries `X-User-Id` and `X-User-Email`, exactly once each, and an
+//! empty body. No other answer carries identity headers. No body is read.
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, LOCATION};
+use hyper::{Request, StatusCode};
+
+use crate::error::AppError;
+use crate::forwarded;
+use crate::session;
+use crate::web::{self, Ctx, Resp};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// 401 + `X-Auth-Redirect` (nginx).
+    Status,
+    /// 302 for pages, 401 for APIs (Traefik, Caddy).
+    Redirect,
+}
+
+pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Result<Resp> {
+    let h = req.headers();
+    let original = forwarded::original(h).map_err(|e| {
+        tracing::warn!(error = %e, "verify: refusing malformed forwarded headers");
+        AppError::BadRequest(e.to_string())
+    })?;
+    if let Some(user) = session::current(&ctx.app, h).await? {
+        let mut r = web::empty(StatusCode::OK);
+        let hs = r.headers_mut();
+        hs.insert("x-user-id", HeaderValue::from(user.user_id));
+        // Addresses are validated ASCII; a failure here would be a bug, so fail closed.
+        let email = HeaderValue::from_str(&user.email)
+            .map_err(|_| AppError::Internal("stored address is not a header value".into()))?;
+        hs.insert("x-user-email", email);
+        return Ok(r);
+    }
+    let signin = format!(
+        "{}/?rd={}",
+        ctx.app.cfg.public_base(),
+        url::form_urlencoded::byte_serialize(original.url.as_str().as_bytes()).collect::<String>()
+    );
+    let page = is_page_request(h, &original.method);
+    let mut r = match style {
+        Style::Redirect if page => {
+            let mut r = web::empty(StatusCode::FOUND);
+            r.headers_mut().insert(LOCATION, header_value(&signin)?);
+            r
+        }
+        Style::Redirect => web::json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "unauthorized", "message": "Not signed in", "sign_in": signin }),
+        ),
+        Style::Status => {
+            let mut r = web::empty(StatusCode::UNAUTHORIZED);
+            if page {
+                r.headers_mut()
+                    .insert("x-auth-redirect", header_value(&signin)?);
+            }
+            r
+        }
+    };
+    r.headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static("authbase"));
+    Ok(r)
+}
+
+fn header_value(s: &str) -> web::Result<HeaderValue> {
+    HeaderValue::from_str(s)
+        .map_err(|_| AppError::Internal("sign-in URL is not a header value".into()))
+}
+
+/// A browser navigating to a page (redirect it) rather than a script calling an API
+/// (tell it 401): a GET or HEAD that does not ask for JSON and is not an XHR.
+fn is_page_request(h: &HeaderMap, method: &str) -> bool {
+    if method != "GET" && method != "HEAD" {
+        return false;
+    }
+    let accept = h
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if accept.contains("application/json") && !accept.contains("text/html") {
+        return false;
+    }
+    !h.contains_key("x-requested-with")
+}

@@ -1,0 +1,295 @@
+//! Real reverse proxies (nginx, Traefik, Caddy) started from the configs in `deploy/`,
+//! with only addresses and ports substituted, in front of a real echo app.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+
+use super::{repo, send, venv, WAIT};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An upstream app that answers every request with what it received, as JSON:
+/// `{"path": "/x?y", "headers": [["name", "value"], ...]}`, and counts requests.
+pub struct EchoApp {
+    pub addr: String,
+    pub hits: Arc<Mutex<u32>>,
+}
+
+impl EchoApp {
+    pub async fn start() -> EchoApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hits = Arc::new(Mutex::new(0u32));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
+                            *h.lock().unwrap() += 1;
+                            let headers: Vec<(String, String)> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.as_str().to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect();
+                            let body = serde_json::json!({
+                                "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                                "headers": headers,
+                            });
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(body.to_string())))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        EchoApp { addr, hits }
+    }
+
+    pub fn hits(&self) -> u32 {
+        *self.hits.lock().unwrap()
+    }
+}
+
+/// Header values the app saw whose name, with `_` read as `-`, is `name`
+/// (the way CGI/WSGI-style frameworks merge them).
+pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .expect("echo JSON")
+        .iter()
+        .filter(|p| {
+            p[0].as_str()
+                .unwrap()
+                .replace('_', "-")
+                .eq_ignore_ascii_case(name)
+        })
+        .map(|p| p[1].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Nginx,
+    Traefik,
+    Caddy,
+}
+
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub kind: Kind,
+    pub dir: tempfile::TempDir,
+}
+
+fn deploy(rel: &str) -> String {
+    let p = repo().join("deploy").join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Replace `from` in `text`, insisting it is there (a config change must fail loudly).
+fn sub(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "deploy config no longer contains {from:?}"
+    );
+    text.replace(from, to)
+}
+
+fn which(name: &str, fallback: PathBuf) -> PathBuf {
+    if fallback.exists() {
+        return fallback;
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed — run the suite with scripts/test, which installs it");
+}
+
+impl Proxy {
+    /// Start `kind` on `port`, sending the portal to `authbase` and the apps to `app`.
+    pub async fn start(kind: Kind, port: u16, authbase: &str, app: &str) -> Proxy {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut cmd = match kind {
+            Kind::Nginx => {
+                let mut c = deploy("nginx/nginx.conf");
+                c = sub(&c, "listen 80;", &format!("listen 127.0.0.1:{port};"));
+                c = sub(&c, "server 127.0.0.1:9091;", &format!("server {authbase};"));
+                c = sub(&c, "server 127.0.0.1:8080;", &format!("server {app};"));
+                let t = d.display();
+                c = sub(
+                    &c,
+                    "http {\n",
+                    &format!(
+                        "http {{\n    access_log {t}/access.log;\n    client_body_temp_path {t}/body;\n    proxy_temp_path {t}/proxy;\n    fastcgi_temp_path {t}/fastcgi;\n    uwsgi_temp_path {t}/uwsgi;\n    scgi_temp_path {t}/scgi;\n"
+                    ),
+                );
+                std::fs::write(d.join("nginx.conf"), c).unwrap();
+                let mut cmd = Command::new(which("nginx", PathBuf::from("/usr/sbin/nginx")));
+                cmd.arg("-p")
+                    .arg(d)
+                    .arg("-c")
+                    .arg(d.join("nginx.conf"))
+                    .arg("-e")
+                    .arg(d.join("error.log"))
+                    .arg("-g")
+                    .arg(format!("daemon off; pid {}/nginx.pid;", d.display()));
+                cmd
+            }
+            Kind::Traefik => {
+                let mut s = deploy("traefik/traefik.yml");
+                s = sub(
+                    &s,
+                    "address: \":80\"",
+                    &format!("address: \"127.0.0.1:{port}\""),
+                );
+                s = sub(
+                    &s,
+                    "/etc/traefik/dynamic.yml",
+                    &d.join("dynamic.yml").display().to_string(),
+                );
+                let mut y = deploy("traefik/dynamic.yml");
+                y = sub(&y, "127.0.0.1:9091", authbase);
+                y = sub(&y, "127.0.0.1:8080", app);
+                std::fs::write(d.join("traefik.yml"), s).unwrap();
+                std::fs::write(d.join("dynamic.yml"), y).unwrap();
+                let mut cmd = Command::new(which("traefik", venv().join("bin/traefik")));
+                cmd.arg(format!("--configFile={}", d.join("traefik.yml").display()));
+                cmd
+            }
+            Kind::Caddy => {
+                let mut c = deploy("caddy/Caddyfile");
+                c = sub(
+                    &c,
+                    "auto_https off",
+                    "auto_https off\n\tadmin off\n\tpersist_config off",
+                );
+                c = sub(
+                    &c,
+                    "http://auth.example.com {",
+                    &format!("http://auth.example.com:{port} {{"),
+                );
+                c = sub(
+                    &c,
+                    "http://app.example.com, http://wiki.example.com {",
+                    &format!("http://app.example.com:{port}, http://wiki.example.com:{port} {{"),
+                );
+                c = sub(&c, "127.0.0.1:9091", authbase);
+                c = sub(&c, "127.0.0.1:8080", app);
+                std::fs::write(d.join("Caddyfile"), c).unwrap();
+                let mut cmd = Command::new(which("caddy", venv().join("bin/caddy")));
+                cmd.args(["run", "--adapter", "caddyfile", "--config"])
+                    .arg(d.join("Caddyfile"))
+                    .env("XDG_CONFIG_HOME", d)
+                    .env("XDG_DATA_HOME", d)
+                    .env("HOME", d);
+                cmd
+            }
+        };
+        let log = std::fs::File::create(d.join("proxy.log")).unwrap();
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {kind:?}: {e}"));
+        let mut p = Proxy {
+            child,
+            port,
+            kind,
+            dir,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn host(&self, name: &str) -> String {
+        format!("{name}.example.com:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// Ready when the portal answers its health check through the proxy.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{:?} exited ({status}):\n{}", self.kind, self.log());
+            }
+            if tokio::net::TcpStream::connect(self.addr()).await.is_ok() {
+                let r = send(
+                    &self.addr(),
+                    Method::GET,
+                    "/healthz",
+                    &[("host", &self.host("auth"))],
+                    Bytes::new(),
+                )
+                .await;
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} not ready:\n{}",
+                self.kind,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // The whole process group: nginx workers too.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,305 @@
+//! Forward auth through the real proxies, using the configs in `deploy/` as shipped (only
+//! addresses substituted): nginx `auth_request`, Traefik `forwardAuth`, Caddy
+//! `forward_auth`, each in front of a real echo app, with real authbase and real SMTP.
+
+mod common;
+
+use bytes::Bytes;
+use common::proxy::{free_port, seen, EchoApp, Kind, Proxy};
+use common::*;
+use hyper::Method;
+
+struct Stack {
+    smtp: Smtp,
+    ab: Authbase,
+    app: EchoApp,
+    proxy: Proxy,
+}
+
+async fn stack(kind: Kind) -> Stack {
+    let smtp = Smtp::start();
+    let app = EchoApp::start().await;
+    let port = free_port();
+    let top = "trusted_proxies = [\"127.0.0.1\"]\n[cookie]\ndomain = \"example.com\"\n";
+    let cfg = test_config(smtp.port, top, "")
+        .replace(
+            "http://auth.test.localhost/me",
+            &format!("http://app.example.com:{port}/"),
+        )
+        .replace(
+            "http://auth.test.localhost",
+            &format!("http://auth.example.com:{port}"),
+        );
+    let ab = Authbase::start(&cfg);
+    let proxy = Proxy::start(kind, port, &ab.addr, &app.addr).await;
+    Stack {
+        smtp,
+        ab,
+        app,
+        proxy,
+    }
+}
+
+impl Stack {
+    fn browser(&self, site: &str) -> Browser {
+        let mut b = Browser::new(&self.proxy.addr());
+        b.host = Some(self.proxy.host(site));
+        b
+    }
+
+    /// Sign `b` in through the portal, the way a browser does after the redirect.
+    async fn sign_in(&self, b: &mut Browser, email: &str, rd: Option<&str>) -> String {
+        let site = b.host.clone();
+        b.host = Some(self.proxy.host("auth"));
+        b.origin = Some(format!("http://{}", self.proxy.host("auth")));
+        let before = self.smtp.messages().len();
+        let mut form = vec![("email", email)];
+        if let Some(rd) = rd {
+            form.push(("rd", rd));
+        }
+        let r = b.post_form("/auth", &form).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let sc = r.headers.get("set-cookie").unwrap().to_str().unwrap();
+        assert!(sc.contains("Domain=example.com"), "{sc}");
+        let mail = self.smtp.wait_for(before + 1).await[before].clone();
+        assert!(
+            mail.link().starts_with(&format!(
+                "http://auth.example.com:{}/sign_in/",
+                self.proxy.port
+            )),
+            "{}",
+            mail.link()
+        );
+        let r = b.get(&mail.link_path()).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        b.host = site;
+        b.origin = None;
+        r.header("location").unwrap().to_string()
+    }
+}
+
+/// Split `http://host:port/path?q` into (host:port, /path?q).
+fn split(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let i = rest.find('/').unwrap_or(rest.len());
+    (rest[..i].to_string(), rest[i..].to_string())
+}
+
+const FORGED: &[(&str, &str)] = &[
+    ("x-user-email", "forged@evil.example"),
+    ("x-user-id", "999"),
+    ("x-user-id", "998"),
+    ("x-user_email", "forged2@evil.example"),
+    ("x_user_email", "forged3@evil.example"),
+    ("x_user-id", "997"),
+];
+
+async fn full_flow(kind: Kind) {
+    let s = stack(kind).await;
+    let mut b = s.browser("app");
+
+    // Anonymous page request: redirected to the portal, carrying the original URL.
+    let r = b.get("/deep/page?x=1&y=two").await;
+    assert_eq!(r.status, 302, "{kind:?}: {}\n{}", r.body, s.proxy.log());
+    let loc = r.header("location").unwrap().to_string();
+    let want_rd = format!(
+        "http://app.example.com:{}/deep/page?x=1&y=two",
+        s.proxy.port
+    );
+    let (host, path) = split(&loc);
+    assert_eq!(host, s.proxy.host("auth"), "{loc}");
+    let rd: String = url::form_urlencoded::parse(path.trim_start_matches("/?").as_bytes())
+        .find(|(k, _)| k == "rd")
+        .map(|(_, v)| v.into_owned())
+        .expect("rd in the sign-in URL");
+    assert_eq!(rd, want_rd, "the & parameters survive");
+    assert_eq!(s.app.hits(), 0, "the app was never reached");
+
+    // API calls get 401, not a redirect.
+    let r = b
+        .request(
+            Method::GET,
+            "/api/data",
+            &[("accept", "application/json")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{kind:?}");
+    let r = b
+        .request(Method::POST, "/api/data", &[], Bytes::from("x"))
+        .await;
+    assert_eq!(r.status, 401, "{kind:?}");
+    let r = b
+        .request(
+            Method::GET,
+            "/api/data",
+            &[("x-requested-with", "XMLHttpRequest")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{kind:?}");
+
+    // Forged identity without a session: still the sign-in redirect, app not reached.
+    let r = b.request(Method::GET, "/", FORGED, Bytes::new()).await;
+    assert_eq!(r.status, 302, "{kind:?}");
+    assert_eq!(s.app.hits(), 0);
+
+    // The portal shows the sign-in page with the return URL; sign in; land on the page.
+    let mut portal = b.clone();
+    portal.host = Some(host.clone());
+    let page = portal.get(&path).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.input_value("rd").as_deref(),
+        Some(want_rd.as_str()),
+        "{}",
+        page.body
+    );
+    let landing = s.sign_in(&mut b, "Alice@Example.com", Some(&rd)).await;
+    assert_eq!(
+        landing, want_rd,
+        "{kind:?}: back to the page first asked for"
+    );
+
+    // Signed in: the app gets the identity, exactly once each, and nothing forged.
+    let (_, p) = split(&landing);
+    let r = b.request(Method::GET, &p, FORGED, Bytes::new()).await;
+    assert_eq!(r.status, 200, "{kind:?}: {}", r.body);
+    let echo = r.json();
+    assert_eq!(echo["path"], "/deep/page?x=1&y=two");
+    assert_eq!(
+        seen(&echo, "x-user-email"),
+        vec!["Alice@example.com".to_string()],
+        "{kind:?}: {echo}"
+    );
+    let ids = seen(&echo, "x-user-id");
+    assert_eq!(ids.len(), 1, "{kind:?}: {echo}");
+    assert!(ids[0].parse::<i64>().is_ok() && ids[0] != "999" && ids[0] != "998");
+
+    // Single sign-on: the other protected host accepts the same session.
+    let mut wiki = b.clone();
+    wiki.host = Some(s.proxy.host("wiki"));
+    let r = wiki.get("/w").await;
+    assert_eq!(r.status, 200, "{kind:?}");
+    assert_eq!(
+        seen(&r.json(), "x-user-email"),
+        vec!["Alice@example.com".to_string()]
+    );
+
+    // Sign out from a page on the app (a credentialed fetch to the portal): ends it everywhere.
+    let mut spa = b.clone();
+    spa.host = Some(s.proxy.host("auth"));
+    let origin = format!("http://{}", s.proxy.host("app"));
+    let r = spa
+        .request(
+            Method::POST,
+            "/sign_out",
+            &[("origin", &origin), ("accept", "application/json")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some(origin.as_str())
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    // Use the old cookie value on purpose: the session is dead server-side.
+    let r = b.get("/deep/page").await;
+    assert_eq!(r.status, 302, "{kind:?}: signed out on app");
+    let r = wiki.get("/w").await;
+    assert_eq!(r.status, 302, "{kind:?}: signed out on wiki");
+}
+
+#[tokio::test]
+async fn nginx_full_flow() {
+    full_flow(Kind::Nginx).await;
+}
+
+#[tokio::test]
+async fn traefik_full_flow() {
+    full_flow(Kind::Traefik).await;
+}
+
+#[tokio::test]
+async fn caddy_full_flow() {
+    full_flow(Kind::Caddy).await;
+}
+
+/// The portal's own pages work through each proxy for a page on another subdomain:
+/// CORS with credentials for allowed origins, never `*`, never an unlisted origin.
+#[tokio::test]
+async fn spa_cors_through_nginx() {
+    let s = stack(Kind::Nginx).await;
+    let mut b = s.browser("auth");
+    let ok = format!("http://{}", s.proxy.host("app"));
+    let r = b
+        .request(
+            Method::OPTIONS,
+            "/auth",
+            &[
+                ("origin", &ok),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some(ok.as_str()));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let r = b
+        .request(
+            Method::GET,
+            "/me",
+            &[("origin", "https://evil.example.org")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = b
+        .request(
+            Method::OPTIONS,
+            "/auth",
+            &[
+                ("origin", "https://evil.example.org"),
+                ("access-control-request-method", "POST"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.header("access-control-allow-origin").is_none());
+    // A sign-in from the app's page with the original snippet's multipart FormData.
+    let body = "--b0undary\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nspa@example.com\r\n--b0undary--\r\n";
+    let r = b
+        .request(
+            Method::POST,
+            "/auth",
+            &[
+                ("origin", &ok),
+                ("content-type", "multipart/form-data; boundary=b0undary"),
+            ],
+            Bytes::from(body),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), Some(ok.as_str()));
+    s.smtp.wait_for(1).await;
+    // A cross-site one is refused.
+    let r = s
+        .browser("auth")
+        .request(
+            Method::POST,
+            "/auth",
+            &[
+                ("origin", "https://evil.example.org"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Bytes::from("email=victim%40example.com"),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let _ = &s.ab;
+}

@@ -1,0 +1,261 @@
+//! `/verify` and `/verify/redirect` called directly, as a proxy would.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use hyper::Method;
+
+async fn signed_in() -> (Smtp, Authbase, String) {
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(
+        smtp.port,
+        "",
+        "[cookie]\ndomain = \"test.localhost\"\n",
+    ));
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "vera@example.com").await;
+    assert_eq!(b.get(&mail.link_path()).await.status, 303);
+    let cookie = format!("session_id={}", b.session().unwrap());
+    (smtp, ab, cookie)
+}
+
+async fn verify(ab: &Authbase, path: &str, headers: &[(&str, &str)]) -> Resp {
+    send(&ab.addr, Method::GET, path, headers, Bytes::new()).await
+}
+
+#[tokio::test]
+async fn signed_in_gets_200_with_identity_once_and_no_body() {
+    let (_smtp, ab, cookie) = signed_in().await;
+    for path in ["/verify", "/verify/redirect"] {
+        let r = verify(
+            &ab,
+            path,
+            &[
+                ("cookie", &cookie),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "app.test.localhost"),
+                ("x-forwarded-uri", "/x"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.headers.get_all("x-user-email").iter().count(), 1);
+        assert_eq!(r.headers.get_all("x-user-id").iter().count(), 1);
+        assert_eq!(r.header("x-user-email"), Some("vera@example.com"));
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("content-length"), Some("0"));
+        // nginx style
+        let r = verify(
+            &ab,
+            path,
+            &[
+                ("cookie", &cookie),
+                ("x-original-url", "https://app.test.localhost/x?y=1"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn not_signed_in_per_style() {
+    let (_smtp, ab, _) = signed_in().await;
+    let fwd = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.test.localhost"),
+        ("x-forwarded-uri", "/a/b?c=1&d=2"),
+        ("x-forwarded-method", "GET"),
+    ];
+    let want =
+        "http://auth.test.localhost/?rd=https%3A%2F%2Fapp.test.localhost%2Fa%2Fb%3Fc%3D1%26d%3D2";
+    // nginx style: 401 + X-Auth-Redirect for pages.
+    let r = verify(&ab, "/verify", &fwd).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("x-auth-redirect"), Some(want));
+    assert!(r.header("x-user-email").is_none());
+    // ...and no redirect URL for API calls.
+    let mut api = fwd.to_vec();
+    api.push(("accept", "application/json"));
+    let r = verify(&ab, "/verify", &api).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("x-auth-redirect").is_none());
+    // Traefik/Caddy style: 302 for pages, 401 for APIs.
+    let r = verify(&ab, "/verify/redirect", &fwd).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some(want));
+    let r = verify(&ab, "/verify/redirect", &api).await;
+    assert_eq!(r.status, 401);
+    let mut post = fwd.to_vec();
+    post[3] = ("x-forwarded-method", "POST");
+    assert_eq!(verify(&ab, "/verify/redirect", &post).await.status, 401);
+    let mut xhr = fwd.to_vec();
+    xhr.push(("x-requested-with", "XMLHttpRequest"));
+    assert_eq!(verify(&ab, "/verify/redirect", &xhr).await.status, 401);
+    // A pending (unconfirmed) session is not signed in.
+    let mut b = ab.browser();
+    b.post_form("/auth", &[("email", "vera@example.com")]).await;
+    let pending = format!("session_id={}", b.session().unwrap());
+    let mut h = fwd.to_vec();
+    h.push(("cookie", &pending));
+    assert_eq!(verify(&ab, "/verify", &h).await.status, 401);
+    // The link base comes from public_url, never from Host.
+    let mut h = fwd.to_vec();
+    h.push(("host", "evil.example.org"));
+    assert_eq!(
+        verify(&ab, "/verify/redirect", &h).await.header("location"),
+        Some(want)
+    );
+}
+
+#[tokio::test]
+async fn malformed_or_conflicting_forwarded_headers_never_yield_2xx() {
+    let (_smtp, ab, cookie) = signed_in().await;
+    let c = cookie.as_str();
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("cookie", c)],
+        vec![("cookie", c), ("x-original-url", "not a url")],
+        vec![("cookie", c), ("x-original-url", "/relative/only")],
+        vec![("cookie", c), ("x-original-url", "javascript:alert(1)")],
+        vec![
+            ("cookie", c),
+            ("x-original-url", "https://user:pw@app.test.localhost/"),
+        ],
+        vec![("cookie", c), ("x-forwarded-host", "")],
+        vec![
+            ("cookie", c),
+            ("x-forwarded-host", "app.test.localhost"),
+            ("x-forwarded-uri", "no-slash"),
+        ],
+        vec![
+            ("cookie", c),
+            ("x-forwarded-host", "app.test.localhost"),
+            ("x-forwarded-uri", "//evil.example.org/"),
+        ],
+        vec![
+            ("cookie", c),
+            ("x-forwarded-host", "app.test.localhost"),
+            ("x-forwarded-proto", "gopher"),
+        ],
+        vec![
+            ("cookie", c),
+            ("x-forwarded-host", "evil.example.org/@app.test.localhost"),
+        ],
+        vec![
+            ("cookie", c),
+            ("x-forwarded-host", "a.test.localhost"),
+            ("x-forwarded-host", "b.test.localhost"),
+        ],
+        vec![
+            ("cookie", c),
+            ("x-original-url", "https://a.test.localhost/"),
+            ("x-forwarded-host", "b.test.localhost"),
+        ],
+        vec![
+            ("cookie", c),
+            ("x-original-url", "https://a.test.localhost/public"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "a.test.localhost"),
+            ("x-forwarded-uri", "/admin"),
+        ],
+        vec![
+            ("cookie", c),
+            ("x-original-url", "https://a.test.localhost/"),
+            ("x-original-method", "GET"),
+            ("x-forwarded-method", "DELETE"),
+        ],
+    ];
+    for case in &cases {
+        for path in ["/verify", "/verify/redirect"] {
+            let r = verify(&ab, path, case).await;
+            assert!(!r.status.is_success(), "{path} {case:?} -> {}", r.status);
+            assert!(r.header("x-user-email").is_none() && r.header("x-user-id").is_none());
+        }
+    }
+    // Bytes a client library would refuse to send: NUL and high bytes, over a raw socket.
+    for bad in [
+        "X-Forwarded-Host: app.test.localhost\0x",
+        "X-Original-URL: https://app.test.localhost/\u{ff}",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
+        let req = format!(
+            "GET /verify HTTP/1.1\r\nHost: x\r\nCookie: {c}\r\n{bad}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out);
+        assert!(!head.starts_with("HTTP/1.1 2"), "{bad:?}: {head}");
+        assert!(!head.to_ascii_lowercase().contains("x-user-email"));
+    }
+}
+
+#[tokio::test]
+async fn mixed_case_hosts_get_the_same_decision() {
+    let (_smtp, ab, cookie) = signed_in().await;
+    for host in [
+        "app.test.localhost",
+        "APP.Test.LOCALHOST",
+        "App.test.localhost.",
+    ] {
+        let r = verify(
+            &ab,
+            "/verify",
+            &[("cookie", &cookie), ("x-forwarded-host", host)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{host}");
+        let r = verify(&ab, "/verify/redirect", &[("x-forwarded-host", host)]).await;
+        assert_eq!(r.status, 302, "{host}");
+        assert!(
+            r.header("location").unwrap().contains("app.test.localhost"),
+            "{host}"
+        );
+    }
+    // Health-check user agents get no special pass.
+    let r = verify(
+        &ab,
+        "/verify",
+        &[
+            ("x-forwarded-host", "app.test.localhost"),
+            ("user-agent", "kube-probe/1.30"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // /verify reads no body and takes no POST.
+    let r = send(
+        &ab.addr,
+        Method::POST,
+        "/verify",
+        &[("x-forwarded-host", "app.test.localhost")],
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn sign_out_is_seen_by_verify_on_the_next_request() {
+    let (_smtp, ab, cookie) = signed_in().await;
+    let h = [
+        ("cookie", cookie.as_str()),
+        ("x-forwarded-host", "app.test.localhost"),
+    ];
+    assert_eq!(verify(&ab, "/verify", &h).await.status, 200);
+    let r = send(
+        &ab.addr,
+        Method::POST,
+        "/sign_out",
+        &[("cookie", &cookie)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(verify(&ab, "/verify", &h).await.status, 401);
+}
