@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::secrets::ServerKey;
+use crate::session::SessionCache;
 use crate::store::Store;
 
 pub struct App {
@@ -14,6 +15,8 @@ pub struct App {
     pub store: Store,
     pub key: ServerKey,
     pub mail_wake: Arc<Notify>,
+    /// Confirmed sessions, for `/verify` without a database round trip.
+    pub sessions: SessionCache,
 }
 
 impl App {

@@ -133,6 +133,7 @@ pub struct SessionConfig {
     pub link_ttl: Dur,
     pub code_attempts: u32,
     pub match_attempts: u32,
+    pub cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +206,7 @@ impl Default for SessionConfig {
             link_ttl: Dur(Duration::from_secs(600)),
             code_attempts: 5,
             match_attempts: 3,
+            cache_entries: 100_000,
         }
     }
 }

@@ -52,6 +52,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, mail::Mailer), StartError> {
         store: store.clone(),
         key: key.clone(),
         mail_wake: wake.clone(),
+        sessions: session::SessionCache::new(cfg.session.cache_entries),
     });
     let mailer = mail::Mailer {
         cfg,

@@ -99,15 +99,27 @@ async fn handle(
         web::add_cors(&mut resp, origin);
     }
     web::security_headers(&mut resp);
-    tracing::info!(
-        target: "authbase::request",
-        method = %method,
-        path = %path,
-        status = resp.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        ip = %ctx.client_ip,
-        "request"
-    );
+    // /verify answers the proxy, which logs the same request itself: its lines are
+    // `debug` so the hot path does not pay for a second access log. Everything else
+    // is `info`.
+    macro_rules! access_log {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                target: "authbase::request",
+                method = %method,
+                path = %path,
+                status = resp.status().as_u16(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                ip = %ctx.client_ip,
+                "request"
+            )
+        };
+    }
+    if path.starts_with("/verify") && !resp.status().is_server_error() {
+        access_log!(debug);
+    } else {
+        access_log!(info);
+    }
     Ok(resp)
 }
 

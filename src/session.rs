@@ -1,11 +1,31 @@
 //! "Who is signed in": the one place a request's session cookie is checked, used by
 //! `/me` and by `/verify` on every proxied request.
+//!
+//! `/verify` runs before every request of every protected app, so known sessions are
+//! answered from a bounded in-memory cache and never touch SQLite. Correctness rules:
+//! - Expiry (absolute and idle) is checked against the cached times on every hit.
+//! - Every change made by this process that ends a session (sign-out, a replaced
+//!   session) evicts it before it answers, so the very next request sees it.
+//! - A lookup that raced with an eviction does not put its (stale) result in the cache:
+//!   evictions bump an epoch, and a miss only fills the cache if the epoch is unchanged.
+//! - Entries are re-read from the database after `CACHE_TTL` at the latest, the bound
+//!   for changes made by another process.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::header::HeaderMap;
 
 use crate::app::App;
+use crate::secrets::Hash;
 use crate::store::{now, SessionUser, StoreError};
 use crate::web;
+
+/// How long a cached session is trusted before it is read again from the database.
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+const SHARDS: usize = 16;
 
 /// Activity is written at most once a minute (or a quarter of a short idle timeout), so
 /// reads stay reads while the idle timeout stays accurate.
@@ -13,15 +33,129 @@ fn touch_every(idle: i64) -> i64 {
     (idle / 4).min(60)
 }
 
+#[derive(Clone)]
+struct Entry {
+    user: Arc<SessionUser>,
+    fetched: Instant,
+    last_seen_at: i64,
+}
+
+pub struct SessionCache {
+    shards: Vec<Mutex<HashMap<Hash, Entry>>>,
+    per_shard: usize,
+    epoch: AtomicU64,
+}
+
+impl SessionCache {
+    /// A cache holding at most `capacity` sessions (0 disables it).
+    pub fn new(capacity: usize) -> SessionCache {
+        SessionCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, h: &Hash) -> std::sync::MutexGuard<'_, HashMap<Hash, Entry>> {
+        // A poisoned shard only means another request panicked mid-insert; the map
+        // itself is still consistent.
+        self.shards[h[0] as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, h: &Hash) -> Option<Entry> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        self.shard(h).get(h).cloned()
+    }
+
+    fn insert(&self, h: Hash, user: SessionUser, epoch: u64) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let mut s = self.shard(&h);
+        // Checked under the shard lock, which evictions of this key also take.
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if s.len() >= self.per_shard && !s.contains_key(&h) {
+            if let Some(k) = s.keys().next().copied() {
+                s.remove(&k);
+            }
+        }
+        let last_seen_at = user.last_seen_at;
+        s.insert(
+            h,
+            Entry {
+                user: Arc::new(user),
+                fetched: Instant::now(),
+                last_seen_at,
+            },
+        );
+    }
+
+    fn set_last_seen(&self, h: &Hash, t: i64) {
+        if let Some(e) = self.shard(h).get_mut(h) {
+            e.last_seen_at = t;
+        }
+    }
+
+    /// Forget a session; the next request reads the database.
+    pub fn evict(&self, h: &Hash) {
+        let mut s = self.shard(h);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        s.remove(h);
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The confirmed, live session of these request headers, if any; records activity for
 /// the idle timeout. Pending sessions (link not yet confirmed) never count.
-pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<SessionUser>, StoreError> {
+pub async fn current(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<SessionUser>>, StoreError> {
     let Some(hash) = web::session_hash(headers, &app.cfg.cookie.name) else {
         return Ok(None);
     };
     let t = now();
     let idle = app.cfg.session.idle_timeout.secs();
-    let Some(s) = app.store.session(hash, t, idle).await? else {
+    let cache = &app.sessions;
+    if let Some(e) = cache.get(&hash) {
+        if e.fetched.elapsed() < CACHE_TTL {
+            if e.user.expires_at <= t || (idle > 0 && e.last_seen_at + idle <= t) {
+                cache.evict(&hash);
+                return Ok(None);
+            }
+            if idle > 0 && t - e.last_seen_at >= touch_every(idle) {
+                cache.set_last_seen(&hash, t);
+                // Off the request path: a lost touch only shortens an idle session.
+                let store = app.store.clone();
+                let id = e.user.session_id;
+                tokio::spawn(async move {
+                    if let Err(err) = store.touch(id, t).await {
+                        tracing::warn!(error = %err, "could not record session activity");
+                    }
+                });
+            }
+            return Ok(Some(e.user));
+        }
+    }
+    let epoch = cache.epoch.load(Ordering::Acquire);
+    let Some(mut s) = app.store.session(hash, t, idle).await? else {
+        cache.evict(&hash);
         return Ok(None);
     };
     if !s.confirmed {
@@ -29,6 +163,64 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<SessionUse
     }
     if idle > 0 && t - s.last_seen_at >= touch_every(idle) {
         app.store.touch(s.session_id, t).await?;
+        s.last_seen_at = t;
     }
-    Ok(Some(s))
+    cache.insert(hash, s.clone(), epoch);
+    Ok(Some(Arc::new(s)))
+}
+
+/// End a session: delete it, then evict it, so no later request can see it.
+pub async fn end(app: &App, hash: Hash) -> Result<bool, StoreError> {
+    let r = app.store.delete_session(hash).await;
+    app.sessions.evict(&hash);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: i64) -> SessionUser {
+        SessionUser {
+            session_id: id,
+            user_id: id,
+            email: format!("u{id}@example.com"),
+            confirmed: true,
+            last_seen_at: 0,
+            expires_at: i64::MAX,
+        }
+    }
+
+    #[test]
+    fn bounded() {
+        let c = SessionCache::new(160);
+        for i in 0..10_000u32 {
+            let mut h = [0u8; 32];
+            h[..4].copy_from_slice(&i.to_be_bytes());
+            h[0] = (i % 256) as u8;
+            c.insert(h, user(i as i64), 0);
+        }
+        assert!(c.len() <= 160, "{}", c.len());
+    }
+
+    #[test]
+    fn a_lookup_racing_an_eviction_does_not_fill_the_cache() {
+        let c = SessionCache::new(100);
+        let h = [7u8; 32];
+        let epoch = c.epoch.load(Ordering::Acquire);
+        c.evict(&h); // sign-out lands while the lookup is in the database
+        c.insert(h, user(1), epoch);
+        assert!(c.get(&h).is_none());
+        c.insert(h, user(1), c.epoch.load(Ordering::Acquire));
+        assert!(c.get(&h).is_some());
+        c.evict(&h);
+        assert!(c.get(&h).is_none());
+    }
+
+    #[test]
+    fn zero_capacity_disables() {
+        let c = SessionCache::new(0);
+        c.insert([1; 32], user(1), 0);
+        assert!(c.is_empty());
+    }
 }

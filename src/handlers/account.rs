@@ -23,7 +23,7 @@ pub async fn sign_out(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     web::check_origin(req.headers(), &ctx.app)?;
     let mut ended = false;
     if let Some(hash) = web::session_hash(req.headers(), &ctx.app.cfg.cookie.name) {
-        ended = ctx.app.store.delete_session(hash).await?;
+        ended = session::end(&ctx.app, hash).await?;
     }
     if ended {
         tracing::info!("signed out");

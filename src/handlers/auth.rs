@@ -91,6 +91,10 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             link_ttl: cfg.session.link_ttl.secs(),
         })
         .await?;
+    // After the delete, so a concurrent lookup cannot re-cache the old session.
+    if let Some(old) = &replaces {
+        ctx.app.sessions.evict(old);
+    }
     match &started {
         Some(s) => {
             tracing::info!(request_id = s.request_id, outbox_id = s.outbox_id, ip = %ctx.client_ip, "sign-in requested");

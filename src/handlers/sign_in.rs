@@ -74,7 +74,7 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                 Ok(s) => {
                     // This browser's previous session, if any, is replaced.
                     if let Some(old) = web::session_hash(&headers, &cfg.cookie.name) {
-                        store.delete_session(old).await?;
+                        crate::session::end(&ctx.app, old).await?;
                     }
                     Ok(signed_in_response(ctx, &s))
                 }

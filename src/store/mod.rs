@@ -63,6 +63,7 @@ pub struct SessionUser {
     pub email: String,
     pub confirmed: bool,
     pub last_seen_at: i64,
+    pub expires_at: i64,
 }
 
 /// A sign-in request, as shown on the confirmation page and in the email.
@@ -220,7 +221,7 @@ impl Store {
     pub async fn session(&self, hash: Hash, now: i64, idle: i64) -> Result<Option<SessionUser>> {
         self.run(move |c| {
             Ok(c.prepare_cached(
-                "SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at
+                "SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at, s.expires_at
                    FROM sessions s JOIN users u ON u.id = s.user_id
                   WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.blocked = 0
                     AND (?3 = 0 OR s.confirmed = 0 OR s.last_seen_at + ?3 > ?2)",
@@ -232,6 +233,7 @@ impl Store {
                     email: r.get(2)?,
                     confirmed: r.get(3)?,
                     last_seen_at: r.get(4)?,
+                    expires_at: r.get(5)?,
                 })
             })
             .optional()?)
