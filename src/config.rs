@@ -206,7 +206,7 @@ impl Default for SessionConfig {
             link_ttl: Dur(Duration::from_secs(600)),
             code_attempts: 5,
             match_attempts: 3,
-            cache_entries: 100_000,
+            cache_entries: 250_000,
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::pages;
 use crate::secrets::{self, ServerKey};
-use crate::store::{now, OutboxItem, Store};
+use crate::store::{now, MailOutcome, OutboxItem, Store};
 
 pub enum Transport {
     /// Print messages to stdout (development; the message includes its link).
@@ -95,14 +95,19 @@ impl Mailer {
             if due.is_empty() {
                 return Ok(());
             }
+            // Outcomes are written once per batch: one transaction instead of one per
+            // message (a crash before it re-sends the batch: at-least-once).
+            let mut results = Vec::with_capacity(due.len());
             for item in due {
-                self.deliver(item).await?;
+                let id = item.id;
+                results.push((id, self.deliver(item).await));
             }
+            self.store.mail_results(results, now()).await?;
         }
     }
 
-    async fn deliver(&self, item: OutboxItem) -> Result<(), crate::store::StoreError> {
-        let outcome = match self.build(&item).await {
+    async fn deliver(&self, item: OutboxItem) -> MailOutcome {
+        let outcome = match self.build(&item) {
             Ok(msg) => self.send(msg).await,
             Err(f) => Err(f),
         };
@@ -110,24 +115,25 @@ impl Mailer {
         match outcome {
             Ok(()) => {
                 tracing::info!(outbox_id = item.id, kind = %item.kind, attempt, "mail sent");
-                self.store.mail_sent(item.id, now()).await
+                MailOutcome::Sent
             }
-            Err(Failure::Retry(e)) if attempt < self.cfg.email.max_attempts as i64 => {
+            Err(Failure::Retry(error)) if attempt < self.cfg.email.max_attempts as i64 => {
                 let backoff =
                     (1i64 << attempt.min(20)).min(self.cfg.email.retry_max_interval.secs());
-                tracing::warn!(outbox_id = item.id, attempt, retry_in_s = backoff, error = %e, "mail not sent; will retry");
-                self.store
-                    .mail_failed(item.id, e, Some(now() + backoff))
-                    .await
+                tracing::warn!(outbox_id = item.id, attempt, retry_in_s = backoff, error = %error, "mail not sent; will retry");
+                MailOutcome::Retry {
+                    error,
+                    at: now() + backoff,
+                }
             }
-            Err(Failure::Retry(e) | Failure::Permanent(e)) => {
-                tracing::error!(outbox_id = item.id, attempt, error = %e, "mail failed; giving up");
-                self.store.mail_failed(item.id, e, None).await
+            Err(Failure::Retry(error) | Failure::Permanent(error)) => {
+                tracing::error!(outbox_id = item.id, attempt, error = %error, "mail failed; giving up");
+                MailOutcome::Failed { error }
             }
         }
     }
 
-    async fn build(&self, item: &OutboxItem) -> Result<Message, Failure> {
+    fn build(&self, item: &OutboxItem) -> Result<Message, Failure> {
         let from: Mailbox = self
             .cfg
             .email
@@ -139,7 +145,7 @@ impl Mailer {
             .parse()
             .map_err(|e| Failure::Permanent(format!("recipient: {e}")))?;
         let (subject, text, html) = match item.kind.as_str() {
-            "sign_in" => self.render_sign_in(item).await?,
+            "sign_in" => self.render_sign_in(item)?,
             _ => (
                 item.subject.clone(),
                 item.text_body.clone(),
@@ -155,15 +161,10 @@ impl Mailer {
             .map_err(|e| Failure::Permanent(format!("building message: {e}")))
     }
 
-    async fn render_sign_in(&self, item: &OutboxItem) -> Result<(String, String, String), Failure> {
-        let id = item
-            .request_id
-            .ok_or_else(|| Failure::Permanent("sign-in mail without a request".into()))?;
-        let req = self
-            .store
-            .request_by_id(id)
-            .await
-            .map_err(|e| Failure::Retry(e.to_string()))?
+    fn render_sign_in(&self, item: &OutboxItem) -> Result<(String, String, String), Failure> {
+        let req = item
+            .request
+            .as_ref()
             .ok_or_else(|| Failure::Permanent("sign-in request no longer exists".into()))?;
         if !req.live(now()) {
             return Err(Failure::Permanent(format!(

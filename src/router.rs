@@ -1,5 +1,7 @@
 //! The one routing table: `(method, path)` to a handler.
 
+use std::borrow::Cow;
+
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::{Method, Request, StatusCode};
@@ -11,6 +13,17 @@ use crate::pages;
 use crate::web::{self, Ctx, Resp};
 
 pub async fn route(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
+    // The hot path first. Everything else is boxed, so the future every /verify
+    // request creates and moves stays small.
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    match req.uri().path() {
+        "/verify" if read => verify::verify(ctx, req, Style::Status).await,
+        "/verify/redirect" if read => verify::verify(ctx, req, Style::Redirect).await,
+        _ => Box::pin(route_pages(ctx, req)).await,
+    }
+}
+
+async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     let path = req.uri().path().to_string();
     let m = req.method().clone();
     let read = m == Method::GET || m == Method::HEAD;
@@ -18,8 +31,6 @@ pub async fn route(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         return web::preflight(req.headers(), &path, &ctx.app);
     }
     match path.as_str() {
-        "/verify" if read => verify::verify(ctx, req, Style::Status).await,
-        "/verify/redirect" if read => verify::verify(ctx, req, Style::Redirect).await,
         "/" if read => auth::index(ctx, req).await,
         "/auth" if m == Method::POST => auth::start(ctx, req).await,
         "/auth" if m == Method::GET => auth::wait(ctx, req).await,
@@ -62,13 +73,29 @@ fn asset(ctype: &'static str, body: &'static str) -> Resp {
     r
 }
 
-/// The path as it may be logged: link secrets are redacted.
-pub fn loggable_path(path: &str) -> &str {
-    if path.starts_with("/sign_in/") {
-        "/sign_in/{secret}"
+/// The path as it may be logged: link secrets are redacted; known routes cost no
+/// allocation.
+pub fn loggable_path(path: &str) -> Cow<'static, str> {
+    const KNOWN: &[&str] = &[
+        "/verify",
+        "/verify/redirect",
+        "/",
+        "/auth",
+        "/auth/code",
+        "/me",
+        "/sign_out",
+        "/healthz",
+        "/readyz",
+        "/static/style.css",
+        "/static/wait.js",
+    ];
+    if let Some(k) = KNOWN.iter().find(|k| **k == path) {
+        Cow::Borrowed(k)
+    } else if path.starts_with("/sign_in/") {
+        Cow::Borrowed("/sign_in/{secret}")
     } else if path.len() > 200 {
-        "{long path}"
+        Cow::Borrowed("{long path}")
     } else {
-        path
+        Cow::Owned(path.to_string())
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderValue};
 
 use crate::app::App;
 use crate::secrets::Hash;
@@ -33,9 +33,27 @@ fn touch_every(idle: i64) -> i64 {
     (idle / 4).min(60)
 }
 
+/// A signed-in session, with its identity headers rendered once for `/verify`.
+#[derive(Debug)]
+pub struct Signed {
+    pub user: SessionUser,
+    /// `X-User-Id` and `X-User-Email` values; `None` if the stored address could not be
+    /// a header value (addresses are validated ASCII, so this would be a bug: fail closed).
+    pub headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+impl Signed {
+    fn new(user: SessionUser) -> Signed {
+        let headers = HeaderValue::from_str(&user.email)
+            .ok()
+            .map(|e| (HeaderValue::from(user.user_id), e));
+        Signed { user, headers }
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
-    user: Arc<SessionUser>,
+    user: Arc<Signed>,
     fetched: Instant,
     last_seen_at: i64,
 }
@@ -71,7 +89,7 @@ impl SessionCache {
         self.shard(h).get(h).cloned()
     }
 
-    fn insert(&self, h: Hash, user: SessionUser, epoch: u64) {
+    fn insert(&self, h: Hash, user: Arc<Signed>, epoch: u64) {
         if self.per_shard == 0 {
             return;
         }
@@ -85,11 +103,11 @@ impl SessionCache {
                 s.remove(&k);
             }
         }
-        let last_seen_at = user.last_seen_at;
+        let last_seen_at = user.user.last_seen_at;
         s.insert(
             h,
             Entry {
-                user: Arc::new(user),
+                user,
                 fetched: Instant::now(),
                 last_seen_at,
             },
@@ -123,10 +141,7 @@ impl SessionCache {
 
 /// The confirmed, live session of these request headers, if any; records activity for
 /// the idle timeout. Pending sessions (link not yet confirmed) never count.
-pub async fn current(
-    app: &App,
-    headers: &HeaderMap,
-) -> Result<Option<Arc<SessionUser>>, StoreError> {
+pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed>>, StoreError> {
     let Some(hash) = web::session_hash(headers, &app.cfg.cookie.name) else {
         return Ok(None);
     };
@@ -135,7 +150,7 @@ pub async fn current(
     let cache = &app.sessions;
     if let Some(e) = cache.get(&hash) {
         if e.fetched.elapsed() < CACHE_TTL {
-            if e.user.expires_at <= t || (idle > 0 && e.last_seen_at + idle <= t) {
+            if e.user.user.expires_at <= t || (idle > 0 && e.last_seen_at + idle <= t) {
                 cache.evict(&hash);
                 return Ok(None);
             }
@@ -143,7 +158,7 @@ pub async fn current(
                 cache.set_last_seen(&hash, t);
                 // Off the request path: a lost touch only shortens an idle session.
                 let store = app.store.clone();
-                let id = e.user.session_id;
+                let id = e.user.user.session_id;
                 tokio::spawn(async move {
                     if let Err(err) = store.touch(id, t).await {
                         tracing::warn!(error = %err, "could not record session activity");
@@ -165,8 +180,9 @@ pub async fn current(
         app.store.touch(s.session_id, t).await?;
         s.last_seen_at = t;
     }
-    cache.insert(hash, s.clone(), epoch);
-    Ok(Some(Arc::new(s)))
+    let signed = Arc::new(Signed::new(s));
+    cache.insert(hash, signed.clone(), epoch);
+    Ok(Some(signed))
 }
 
 /// End a session: delete it, then evict it, so no later request can see it.
@@ -198,7 +214,7 @@ mod tests {
             let mut h = [0u8; 32];
             h[..4].copy_from_slice(&i.to_be_bytes());
             h[0] = (i % 256) as u8;
-            c.insert(h, user(i as i64), 0);
+            c.insert(h, Arc::new(Signed::new(user(i as i64))), 0);
         }
         assert!(c.len() <= 160, "{}", c.len());
     }
@@ -209,9 +225,13 @@ mod tests {
         let h = [7u8; 32];
         let epoch = c.epoch.load(Ordering::Acquire);
         c.evict(&h); // sign-out lands while the lookup is in the database
-        c.insert(h, user(1), epoch);
+        c.insert(h, Arc::new(Signed::new(user(1))), epoch);
         assert!(c.get(&h).is_none());
-        c.insert(h, user(1), c.epoch.load(Ordering::Acquire));
+        c.insert(
+            h,
+            Arc::new(Signed::new(user(1))),
+            c.epoch.load(Ordering::Acquire),
+        );
         assert!(c.get(&h).is_some());
         c.evict(&h);
         assert!(c.get(&h).is_none());
@@ -220,7 +240,7 @@ mod tests {
     #[test]
     fn zero_capacity_disables() {
         let c = SessionCache::new(0);
-        c.insert([1; 32], user(1), 0);
+        c.insert([1; 32], Arc::new(Signed::new(user(1))), 0);
         assert!(c.is_empty());
     }
 }

@@ -65,16 +65,19 @@ pub fn user_agent(h: &HeaderMap) -> String {
 /// The session token from the cookie, if exactly one well-formed value is present.
 /// Duplicated cookies of our name are treated as no session: we cannot tell which one a
 /// browser meant, and an attacker-planted one must not win.
-pub fn session_token(h: &HeaderMap, name: &str) -> Option<String> {
-    let mut found: Option<String> = None;
+pub fn session_token<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut found: Option<&str> = None;
     for v in h.get_all(header::COOKIE) {
         let Ok(v) = v.to_str() else { continue };
-        for c in cookie::Cookie::split_parse(v).flatten() {
-            if c.name() == name {
+        for pair in v.split(';') {
+            let Some((k, val)) = pair.split_once('=') else {
+                continue;
+            };
+            if k.trim() == name {
                 if found.is_some() {
                     return None;
                 }
-                found = Some(c.value().to_string());
+                found = Some(val.trim().trim_matches('"'));
             }
         }
     }
@@ -82,7 +85,7 @@ pub fn session_token(h: &HeaderMap, name: &str) -> Option<String> {
 }
 
 pub fn session_hash(h: &HeaderMap, name: &str) -> Option<Hash> {
-    session_token(h, name).map(|t| secrets::hash(&t))
+    session_token(h, name).map(secrets::hash)
 }
 
 /// Refuse state-changing requests from other sites (login CSRF, forced sign-out).

@@ -303,3 +303,26 @@ async fn spa_cors_through_nginx() {
     assert_eq!(r.status, 403);
     let _ = &s.ab;
 }
+
+/// The compose copies of the proxy configs are the tested files with only the two
+/// upstream addresses changed (deploy/compose/README.md says how to regenerate them).
+#[test]
+fn compose_copies_match_the_tested_configs() {
+    for (orig, copy) in [
+        ("nginx/nginx.conf", "compose/nginx.conf"),
+        ("traefik/traefik.yml", "compose/traefik.yml"),
+        ("traefik/dynamic.yml", "compose/dynamic.yml"),
+        ("caddy/Caddyfile", "compose/Caddyfile"),
+    ] {
+        let o = std::fs::read_to_string(repo().join("deploy").join(orig)).unwrap();
+        let c = std::fs::read_to_string(repo().join("deploy").join(copy)).unwrap();
+        let body: String = c.lines().skip(2).map(|l| format!("{l}\n")).collect();
+        let expected = o
+            .replace("127.0.0.1:9091", "authbase:9091")
+            .replace("127.0.0.1:8080", "app:8080");
+        assert_eq!(
+            body, expected,
+            "deploy/{copy} is out of date with deploy/{orig}"
+        );
+    }
+}

@@ -13,7 +13,7 @@ pub async fn me(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     match session::current(&ctx.app, req.headers()).await? {
         Some(s) => Ok(web::json(
             StatusCode::OK,
-            json!({ "id": s.user_id, "email_address": s.email }),
+            json!({ "id": s.user.user_id, "email_address": s.user.email }),
         )),
         None => Err(AppError::Unauthorized),
     }

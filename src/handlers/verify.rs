@@ -35,22 +35,23 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
         tracing::warn!(error = %e, "verify: refusing malformed forwarded headers");
         AppError::BadRequest(e.to_string())
     })?;
-    if let Some(user) = session::current(&ctx.app, h).await? {
+    if let Some(signed) = session::current(&ctx.app, h).await? {
+        let (id, email) = signed
+            .headers
+            .clone()
+            .ok_or_else(|| AppError::Internal("stored address is not a header value".into()))?;
         let mut r = web::empty(StatusCode::OK);
         let hs = r.headers_mut();
-        hs.insert("x-user-id", HeaderValue::from(user.user_id));
-        // Addresses are validated ASCII; a failure here would be a bug, so fail closed.
-        let email = HeaderValue::from_str(&user.email)
-            .map_err(|_| AppError::Internal("stored address is not a header value".into()))?;
+        hs.insert("x-user-id", id);
         hs.insert("x-user-email", email);
         return Ok(r);
     }
     let signin = format!(
         "{}/?rd={}",
         ctx.app.cfg.public_base(),
-        url::form_urlencoded::byte_serialize(original.url.as_str().as_bytes()).collect::<String>()
+        url::form_urlencoded::byte_serialize(original.url().as_bytes()).collect::<String>()
     );
-    let page = is_page_request(h, &original.method);
+    let page = original.is_read() && is_page_request(h);
     let mut r = match style {
         Style::Redirect if page => {
             let mut r = web::empty(StatusCode::FOUND);
@@ -81,11 +82,9 @@ fn header_value(s: &str) -> web::Result<HeaderValue> {
 }
 
 /// A browser navigating to a page (redirect it) rather than a script calling an API
-/// (tell it 401): a GET or HEAD that does not ask for JSON and is not an XHR.
-fn is_page_request(h: &HeaderMap, method: &str) -> bool {
-    if method != "GET" && method != "HEAD" {
-        return false;
-    }
+/// (tell it 401): one that does not ask for JSON and is not an XHR (the caller checks
+/// the method is GET or HEAD).
+fn is_page_request(h: &HeaderMap) -> bool {
     let accept = h
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -145,6 +145,16 @@ pub struct OutboxItem {
     pub text_body: String,
     pub html_body: String,
     pub attempts: i64,
+    /// For sign-in mail: its request, read in the same query.
+    pub request: Option<RequestInfo>,
+}
+
+/// What happened to one delivery attempt.
+#[derive(Debug)]
+pub enum MailOutcome {
+    Sent,
+    Retry { error: String, at: i64 },
+    Failed { error: String },
 }
 
 pub struct NewSignIn {
@@ -267,62 +277,60 @@ impl Store {
     pub async fn start_sign_in(&self, n: NewSignIn) -> Result<Option<Started>> {
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO users (email, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![n.email, n.now],
-            )?;
-            let (user_id, blocked, email): (i64, bool, String) = tx.query_row(
-                "SELECT id, blocked, email FROM users WHERE email = ?1",
-                params![n.email],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            let (user_id, blocked, email): (i64, bool, String) = tx
+                .prepare_cached(
+                    "INSERT INTO users (email, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (email) DO UPDATE SET email = email
+                     RETURNING id, blocked, email",
+                )?
+                .query_row(params![n.email, n.now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
             if let Some(old) = n.replaces {
-                tx.execute(
-                    "DELETE FROM sessions WHERE token_hash = ?1",
-                    params![&old[..]],
-                )?;
+                tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                    .execute(params![&old[..]])?;
             }
             if blocked {
                 tx.commit()?;
                 return Ok(None);
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
                                        expires_at, ip, user_agent)
                  VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6)",
-                params![
-                    &n.session_hash[..],
-                    user_id,
-                    n.now,
-                    n.now + n.link_ttl,
-                    n.ip,
-                    n.user_agent
-                ],
-            )?;
+            )?
+            .execute(params![
+                &n.session_hash[..],
+                user_id,
+                n.now,
+                n.now + n.link_ttl,
+                n.ip,
+                n.user_agent
+            ])?;
             let session_id = tx.last_insert_rowid();
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO sign_in_requests (session_id, user_id, salt, link_hash, match_number,
                      return_to, ip, user_agent, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    session_id,
-                    user_id,
-                    &n.salt[..],
-                    &n.link_hash[..],
-                    n.match_number,
-                    n.return_to,
-                    n.ip,
-                    n.user_agent,
-                    n.now,
-                    n.now + n.link_ttl
-                ],
-            )?;
+            )?
+            .execute(params![
+                session_id,
+                user_id,
+                &n.salt[..],
+                &n.link_hash[..],
+                n.match_number,
+                n.return_to,
+                n.ip,
+                n.user_agent,
+                n.now,
+                n.now + n.link_ttl
+            ])?;
             let request_id = tx.last_insert_rowid();
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO outbox (kind, request_id, recipient, next_attempt_at, created_at)
                  VALUES ('sign_in', ?1, ?2, ?3, ?3)",
-                params![request_id, email, n.now],
-            )?;
+            )?
+            .execute(params![request_id, email, n.now])?;
             let outbox_id = tx.last_insert_rowid();
             tx.commit()?;
             Ok(Some(Started {
@@ -336,10 +344,6 @@ impl Store {
     pub async fn request_by_link(&self, link_hash: Hash) -> Result<Option<RequestInfo>> {
         self.run(move |c| request_where(c, "r.link_hash = ?1", &link_hash[..]))
             .await
-    }
-
-    pub async fn request_by_id(&self, id: i64) -> Result<Option<RequestInfo>> {
-        self.run(move |c| request_where(c, "r.id = ?1", id)).await
     }
 
     /// The link was opened in the browser that asked: confirm its own pending session,
@@ -545,12 +549,34 @@ impl Store {
     pub async fn due_mail(&self, now: i64, limit: i64) -> Result<Vec<OutboxItem>> {
         self.run(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT id, kind, request_id, recipient, subject, text_body, html_body, attempts
-                   FROM outbox WHERE state = 'queued' AND next_attempt_at <= ?1
-                  ORDER BY next_attempt_at, id LIMIT ?2",
+                "SELECT o.id, o.kind, o.request_id, o.recipient, o.subject, o.text_body,
+                        o.html_body, o.attempts,
+                        r.id, u.email, r.salt, r.link_hash, r.state, r.match_number,
+                        r.return_to, r.ip, r.user_agent, r.created_at, r.expires_at
+                   FROM outbox o
+                   LEFT JOIN sign_in_requests r ON r.id = o.request_id
+                   LEFT JOIN users u ON u.id = r.user_id
+                  WHERE o.state = 'queued' AND o.next_attempt_at <= ?1
+                  ORDER BY o.next_attempt_at, o.id LIMIT ?2",
             )?;
             let rows = st
                 .query_map(params![now, limit], |r| {
+                    let request = match r.get::<_, Option<i64>>(8)? {
+                        Some(id) => Some(RequestInfo {
+                            id,
+                            email: r.get(9)?,
+                            salt: r.get(10)?,
+                            link_hash: r.get(11)?,
+                            state: r.get(12)?,
+                            match_number: r.get(13)?,
+                            return_to: r.get(14)?,
+                            ip: r.get(15)?,
+                            user_agent: r.get(16)?,
+                            created_at: r.get(17)?,
+                            expires_at: r.get(18)?,
+                        }),
+                        None => None,
+                    };
                     Ok(OutboxItem {
                         id: r.get(0)?,
                         kind: r.get(1)?,
@@ -560,6 +586,7 @@ impl Store {
                         text_body: r.get(5)?,
                         html_body: r.get(6)?,
                         attempts: r.get(7)?,
+                        request,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -579,33 +606,36 @@ impl Store {
         .await
     }
 
-    pub async fn mail_sent(&self, id: i64, now: i64) -> Result<()> {
+    /// Record the outcome of a batch of delivery attempts in one transaction.
+    pub async fn mail_results(&self, results: Vec<(i64, MailOutcome)>, now: i64) -> Result<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
         self.run(move |c| {
-            c.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1,
-                        last_error = NULL WHERE id = ?1",
-                params![id, now],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// A failed attempt: retry at `next` or, with `None`, give up.
-    pub async fn mail_failed(&self, id: i64, error: String, next: Option<i64>) -> Result<()> {
-        self.run(move |c| {
-            match next {
-                Some(at) => c.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
-                            next_attempt_at = ?3 WHERE id = ?1",
-                    params![id, error, at],
-                )?,
-                None => c.execute(
-                    "UPDATE outbox SET state = 'failed', attempts = attempts + 1,
-                            last_error = ?2 WHERE id = ?1",
-                    params![id, error],
-                )?,
-            };
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (id, outcome) in results {
+                match outcome {
+                    MailOutcome::Sent => tx
+                        .prepare_cached(
+                            "UPDATE outbox SET state = 'sent', sent_at = ?2,
+                                    attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+                        )?
+                        .execute(params![id, now])?,
+                    MailOutcome::Retry { error, at } => tx
+                        .prepare_cached(
+                            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+                                    next_attempt_at = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![id, error, at])?,
+                    MailOutcome::Failed { error } => tx
+                        .prepare_cached(
+                            "UPDATE outbox SET state = 'failed', attempts = attempts + 1,
+                                    last_error = ?2 WHERE id = ?1",
+                        )?
+                        .execute(params![id, error])?,
+                };
+            }
+            tx.commit()?;
             Ok(())
         })
         .await

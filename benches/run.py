@@ -1,0 +1,321 @@
+"""Runs the benchmark loads and prints the table. Started by scripts/bench, which builds
+the release binaries and the virtualenv first. Everything listens on 127.0.0.1; every
+process started here is stopped before it exits."""
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benches")
+AUTHBASE = os.path.join(ROOT, "target/release/authbase")
+BASELINE = os.path.join(ROOT, "target/release/examples/baseline")
+QUICK = "--quick" in sys.argv
+# --only=verify,nginx,original,scale,signin runs a subset (verify always runs).
+ONLY = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")),
+            ["verify", "nginx", "original", "scale", "signin"])
+DURATION = "3s" if QUICK else "10s"
+BIG = 100_000 if QUICK else 1_000_000
+WORKING_SET = 100_000
+CONNS = 32
+procs = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start(cmd, **kw):
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=15)
+    except Exception:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except Exception:
+            pass
+
+
+def wait_http(url, headers=None, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            urllib.request.urlopen(req, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"no answer from {url}")
+
+
+def rss_kb(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def wrk(url, script=None, env=None, duration=DURATION, conns=CONNS, headers=()):
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors:.*", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p99": p99, "non2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errs.group(0) if errs else "", "total": total}
+
+
+def median(runs):
+    """The run with the median throughput (its p99 goes with it)."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+def authbase(dirpath, port, extra=""):
+    cfg = os.path.join(dirpath, "authbase.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""listen = "127.0.0.1:{port}"
+database = "{dirpath}/authbase.db"
+secret_key_file = "{dirpath}/authbase.key"
+public_url = "https://auth.example.com"
+redirect_url = "https://app.example.com/"
+[cookie]
+domain = "example.com"
+[email]
+transport = "log"
+{extra}
+""")
+    p = start([AUTHBASE, "serve", "--config", cfg], env={**os.environ, "RUST_LOG": "warn"})
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return p
+
+
+def seeded_db(dirpath, n):
+    """A migrated database with n users and sessions; returns the tokens file (working set)."""
+    port = free_port()
+    p = authbase(dirpath, port)
+    stop(p)
+    tokens = os.path.join(dirpath, "tokens.txt")
+    subprocess.run([sys.executable, os.path.join(BENCH, "seed.py"), os.path.join(dirpath, "authbase.db"),
+                    str(n), str(min(n, WORKING_SET)), tokens], check=True)
+    return tokens
+
+
+NGINX_CONF = """
+worker_processes 1;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    upstream auth {{ server 127.0.0.1:{auth}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        # A static page (content phase), so the access phase with auth_request runs;
+        # `return` would answer before it.
+        location / {{
+            auth_request /_verify;
+            root {d}/www;
+        }}
+        location = /_verify {{
+            internal;
+            proxy_pass http://auth/verify;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+            proxy_set_header X-Original-Method $request_method;
+        }}
+    }}
+}}
+"""
+
+
+def nginx(dirpath, auth_port):
+    port = free_port()
+    os.makedirs(dirpath, exist_ok=True)
+    conf = os.path.join(dirpath, "nginx.conf")
+    os.makedirs(os.path.join(dirpath, "www"), exist_ok=True)
+    with open(os.path.join(dirpath, "www", "index.html"), "w") as f:
+        f.write("protected page\n")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(d=dirpath, auth=auth_port, port=port))
+    p = start(["nginx", "-p", dirpath, "-c", conf, "-e", os.path.join(dirpath, "error.log"),
+               "-g", f"daemon off; pid {dirpath}/nginx.pid;"])
+    wait_http(f"http://127.0.0.1:{port}/index.html")
+    return p, port
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="authbase-bench-")
+    rows = []
+
+    def row(name, fig, base, ratio, goal, ok, note=""):
+        rows.append((name, fig, base, ratio, goal, "pass" if ok else "SHORT", note))
+
+    try:
+        # --- 1. /verify vs the minimal hyper server -------------------------------------
+        small = os.path.join(tmp, "small"); os.makedirs(small)
+        tokens_small = seeded_db(small, 1000)
+        bport = free_port()
+        base = start([BASELINE, f"127.0.0.1:{bport}"])
+        wait_http(f"http://127.0.0.1:{bport}/")
+        aport = free_port()
+        ab = authbase(small, aport)
+        idle_rss = rss_kb(ab.pid)
+        one = open(tokens_small).readline().strip()
+        hdrs = [f"Cookie: session_id={one}", "X-Forwarded-Host: app.example.com", "X-Forwarded-Uri: /page"]
+        print("warming up ...", flush=True)
+        wrk(f"http://127.0.0.1:{aport}/verify", headers=hdrs, duration="2s")
+        wrk(f"http://127.0.0.1:{bport}/", duration="2s")
+        # The same requests (same headers) to both, alternated; the median of 3 rounds.
+        bs, vs = [], []
+        for _ in range(3):
+            bs.append(wrk(f"http://127.0.0.1:{bport}/verify", headers=hdrs))
+            vs.append(wrk(f"http://127.0.0.1:{aport}/verify", headers=hdrs))
+        b = median(bs)
+        v = median(vs)
+        assert all(x["non2xx"] == 0 for x in vs), vs
+        row("/verify, valid session, 32 conns (req/s)", v["rps"], b["rps"], v["rps"] / b["rps"], ">= 0.90", v["rps"] / b["rps"] >= 0.9,
+            "baseline: minimal hyper server")
+        row("/verify p99 latency at that load (ms)", v["p99"], b["p99"], v["p99"] / b["p99"], "<= 2 ms", v["p99"] <= 2.0)
+        row("idle RSS after start (MB)", idle_rss / 1024, None, None, "<= 20 MB", idle_rss / 1024 <= 20)
+        if "nginx" in ONLY:
+            bench_nginx(tmp, row, bport, aport, one)
+        stop(base)
+        if "original" in ONLY:
+            bench_original(tmp, row, v, one)
+        if "scale" in ONLY:
+            small_ws = median([wrk(f"http://127.0.0.1:{aport}/verify", script=os.path.join(BENCH, "verify.lua"),
+                                   env={"TOKENS": tokens_small}) for _ in range(3)])
+            assert small_ws["non2xx"] == 0, small_ws
+            stop(ab)
+            bench_scale(tmp, row, small_ws)
+        stop(ab)
+        if "signin" in ONLY:
+            bench_signin(tmp, row)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print(f"wrk -t1 -c{CONNS} -d{DURATION}, keep-alive, loopback, {os.cpu_count()} cores" + (" (quick run)" if QUICK else ""))
+    print(f"{'measure':<58} {'figure':>10} {'baseline':>10} {'ratio':>8}  {'target':<20} result")
+    for name, fig, base, ratio, goal, res, note in rows:
+        f = lambda x, d=1: "" if x is None else f"{x:,.{d}f}"
+        print(f"{name:<58} {f(fig, 2 if fig < 10 else 0):>10} {f(base, 2 if (base or 0) < 10 else 0):>10} {f(ratio, 2):>8}  {goal:<20} {res}")
+        if note:
+            print(f"{'':<4}{note}")
+
+
+def bench_nginx(tmp, row, bport, aport, one):
+    """2. Through nginx auth_request: authbase vs the minimal server as auth upstream."""
+    nb, nbport = nginx(os.path.join(tmp, "nginx-base"), bport)
+    na, naport = nginx(os.path.join(tmp, "nginx-authbase"), aport)
+    cookie = [f"Cookie: session_id={one}"]
+    denied = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{naport}/index.html"],
+                            capture_output=True, text=True).stdout
+    assert denied == "401", f"nginx did not ask authbase (anonymous got {denied})"
+    wrk(f"http://127.0.0.1:{naport}/index.html", headers=cookie, duration="2s")
+    nbs, nas = [], []
+    for _ in range(3):
+        nbs.append(wrk(f"http://127.0.0.1:{nbport}/index.html", headers=cookie))
+        nas.append(wrk(f"http://127.0.0.1:{naport}/index.html", headers=cookie))
+    nbase, nauth = median(nbs), median(nas)
+    assert all(x["non2xx"] == 0 for x in nbs + nas), (nbs, nas)
+    row("nginx auth_request -> authbase, protected page (req/s)", nauth["rps"], nbase["rps"], nauth["rps"] / nbase["rps"], ">= 0.95",
+        nauth["rps"] / nbase["rps"] >= 0.95, "baseline: same nginx, auth upstream = minimal hyper server")
+    stop(nb)
+    stop(na)
+
+
+def bench_original(tmp, row, v, one):
+    """3. The original library's design: FastAPI + SQLAlchemy + SQLite /me."""
+    orig = os.path.join(tmp, "original"); os.makedirs(orig)
+    env = {**os.environ, "ORIGINAL_DB": os.path.join(orig, "original.db")}
+    subprocess.run([sys.executable, os.path.join(BENCH, "original_app.py"), "seed", "1000"], env=env, check=True, cwd=BENCH)
+    oport = free_port()
+    uv = start([os.path.join(os.path.dirname(sys.executable), "uvicorn"), "original_app:app", "--port", str(oport),
+                "--host", "127.0.0.1", "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+                "--no-access-log"], env=env, cwd=BENCH)
+    wait_http(f"http://127.0.0.1:{oport}/me")
+    o = wrk(f"http://127.0.0.1:{oport}/me", headers=[f"Cookie: session_id={one}"])
+    assert o["non2xx"] == 0, o
+    row("vs original design: FastAPI+SQLAlchemy+SQLite /me (req/s)", v["rps"], o["rps"], v["rps"] / o["rps"], ">= 100",
+        v["rps"] / o["rps"] >= 100)
+    stop(uv)
+
+
+def bench_scale(tmp, row, small_ws):
+    """4. 1M users and sessions, 100k working set, vs 1k sessions."""
+    big = os.path.join(tmp, "big"); os.makedirs(big)
+    print(f"seeding {BIG} users and sessions ...", flush=True)
+    tokens_big = seeded_db(big, BIG)
+    bigport = free_port()
+    abig = authbase(big, bigport)
+    print("warming the 100k working set ...", flush=True)
+    wrk(f"http://127.0.0.1:{bigport}/verify", script=os.path.join(BENCH, "verify.lua"), env={"TOKENS": tokens_big}, duration="10s")
+    big_ws = median([wrk(f"http://127.0.0.1:{bigport}/verify", script=os.path.join(BENCH, "verify.lua"), env={"TOKENS": tokens_big})
+                     for _ in range(3)])
+    assert big_ws["non2xx"] == 0, big_ws
+    peak = rss_kb(abig.pid, "VmHWM")
+    row(f"/verify, {BIG:,} sessions in DB, 100k working set (req/s)", big_ws["rps"], small_ws["rps"], big_ws["rps"] / small_ws["rps"],
+        ">= 0.90", big_ws["rps"] / small_ws["rps"] >= 0.9, "baseline: same load, 1,000 sessions")
+    row("peak RSS under that load (MB)", peak / 1024, None, None, "<= 150 MB", peak / 1024 <= 150)
+    stop(abig)
+
+
+def bench_signin(tmp, row):
+    """5. POST /auth with distinct addresses, mail queued."""
+    signin = os.path.join(tmp, "signin"); os.makedirs(signin)
+    sport = free_port()
+    asg = authbase(signin, sport)
+    dur = "10s" if QUICK else "30s"
+    s = wrk(f"http://127.0.0.1:{sport}/auth", script=os.path.join(BENCH, "auth.lua"), duration=dur)
+    time.sleep(1)
+    stop(asg)
+    db = sqlite3.connect(os.path.join(signin, "authbase.db"))
+    users = db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+    reqs = db.execute("SELECT COUNT(*) FROM sign_in_requests").fetchone()[0]
+    mails = db.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'sign_in'").fetchone()[0]
+    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    # Every answered request left exactly one user, request and queued mail (requests
+    # cut off when wrk stopped may have been served too, at most one per connection).
+    answered = s["total"] - s["non2xx"]
+    consistent = integrity == "ok" and users == reqs == mails and answered <= reqs <= answered + CONNS
+    ok = s["rps"] >= 3000 and s["non2xx"] == 0 and not s["socket_errors"] and consistent
+    row(f"POST /auth, distinct addresses, {dur} (req/s)", s["rps"], None, None, ">= 3000, no errors", ok,
+        f"{s['non2xx']} errors; users={users} requests={reqs} queued mails={mails}; wrk answered {answered}; integrity {integrity}")
+
+
+main()
