@@ -14,7 +14,15 @@
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderName};
+
+// Pre-parsed names: looking a header up by `&str` parses the name on every call.
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 
 /// The request being checked. Borrowed from the headers where possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +78,12 @@ pub enum ForwardedError {
 
 use ForwardedError::Invalid;
 
-fn one<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ForwardedError> {
-    let mut it = h.get_all(name).iter();
+fn one<'a>(
+    h: &'a HeaderMap,
+    header: &'static HeaderName,
+) -> Result<Option<&'a str>, ForwardedError> {
+    let name = header.as_str();
+    let mut it = h.get_all(header).iter();
     let Some(v) = it.next() else { return Ok(None) };
     if it.next().is_some() {
         return Err(ForwardedError::Duplicate(name));
@@ -83,11 +95,14 @@ fn one<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, Forw
     Ok(Some(s))
 }
 
-fn method<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ForwardedError> {
-    match one(h, name)? {
+fn method<'a>(
+    h: &'a HeaderMap,
+    header: &'static HeaderName,
+) -> Result<Option<&'a str>, ForwardedError> {
+    match one(h, header)? {
         None => Ok(None),
         Some(m) if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) => Ok(Some(m)),
-        Some(_) => Err(Invalid(name)),
+        Some(_) => Err(Invalid(header.as_str())),
     }
 }
 
@@ -184,8 +199,8 @@ fn original_url(s: &str) -> Result<(bool, Cow<'_, str>, Option<u16>, &str), Forw
 }
 
 pub fn original(h: &HeaderMap) -> Result<Original<'_>, ForwardedError> {
-    let xm = method(h, "x-forwarded-method")?;
-    let om = method(h, "x-original-method")?;
+    let xm = method(h, &X_FORWARDED_METHOD)?;
+    let om = method(h, &X_ORIGINAL_METHOD)?;
     if let (Some(a), Some(b)) = (om, xm) {
         if a != b {
             return Err(ForwardedError::Conflict);
@@ -193,7 +208,7 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, ForwardedError> {
     }
     let method = om.or(xm).unwrap_or("GET");
     let fwd = forwarded(h, method)?;
-    match (one(h, "x-original-url")?, fwd) {
+    match (one(h, &X_ORIGINAL_URL)?, fwd) {
         (Some(url), fwd) => {
             let (https, host, port, path) = original_url(url)?;
             let o = Original {
@@ -227,11 +242,11 @@ fn forwarded<'a>(
     h: &'a HeaderMap,
     method: &'a str,
 ) -> Result<Option<(Original<'a>, bool)>, ForwardedError> {
-    let Some(host) = one(h, "x-forwarded-host")? else {
+    let Some(host) = one(h, &X_FORWARDED_HOST)? else {
         return Ok(None);
     };
-    let proto = one(h, "x-forwarded-proto")?;
-    let uri = one(h, "x-forwarded-uri")?;
+    let proto = one(h, &X_FORWARDED_PROTO)?;
+    let uri = one(h, &X_FORWARDED_URI)?;
     let https = match proto {
         None => false,
         Some(p) if p.eq_ignore_ascii_case("https") => true,

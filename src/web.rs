@@ -18,6 +18,9 @@ use crate::config::host_within;
 use crate::error::AppError;
 use crate::secrets::{self, Hash};
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 pub type Body = Full<Bytes>;
 pub type Resp = Response<Body>;
 pub type Result<T> = std::result::Result<T, AppError>;
@@ -31,11 +34,16 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Ctx {
-        let xff = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client_ip = crate::net::client_ip(peer.ip(), xff, &app.cfg.derived.trusted_proxies);
+        let trusted = &app.cfg.derived.trusted_proxies;
+        let client_ip = if trusted.is_empty() {
+            peer.ip()
+        } else {
+            let xff = req
+                .headers()
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok());
+            crate::net::client_ip(peer.ip(), xff, trusted)
+        };
         let wants_json = wants_json(req.headers());
         Ctx {
             app,
@@ -100,7 +108,7 @@ pub fn check_origin(h: &HeaderMap, app: &App) -> Result<()> {
             Err(AppError::CrossSite)
         };
     }
-    match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+    match h.get(&SEC_FETCH_SITE).and_then(|v| v.to_str().ok()) {
         Some("cross-site") => Err(AppError::CrossSite),
         _ => Ok(()),
     }

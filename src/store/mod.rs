@@ -7,6 +7,7 @@
 mod migrations;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use r2d2::{Pool, PooledConnection};
@@ -53,6 +54,11 @@ pub fn now() -> i64 {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool<SqliteConnectionManager>,
+    /// One writer at a time inside this process. SQLite allows one writer anyway, and
+    /// writers that collide inside SQLite wait in its busy handler, which sleeps for
+    /// milliseconds; queueing on a mutex instead costs microseconds.
+    writer: Arc<Mutex<()>>,
+    sign_ins: std::sync::mpsc::Sender<SignInJob>,
 }
 
 /// A session found by its token hash.
@@ -196,7 +202,20 @@ impl Store {
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(5))
             .build(manager)?;
-        Ok(Store { pool })
+        let writer = Arc::new(Mutex::new(()));
+        let (sign_ins, jobs) = std::sync::mpsc::channel();
+        {
+            let (pool, writer) = (pool.clone(), writer.clone());
+            std::thread::Builder::new()
+                .name("authbase-sign-in-writer".into())
+                .spawn(move || sign_in_writer(pool, writer, jobs))
+                .map_err(|e| StoreError::Db(format!("cannot start the sign-in writer: {e}")))?;
+        }
+        Ok(Store {
+            pool,
+            writer,
+            sign_ins,
+        })
     }
 
     /// Run blocking database work off the async executor.
@@ -207,6 +226,26 @@ impl Store {
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+    }
+
+    /// Like `run`, for work that writes: one writer at a time (see `writer`).
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            // Taken before a connection, so waiting writers do not hold connections that
+            // readers need. A panic while holding it leaves nothing half-done in SQLite
+            // (the transaction rolls back), so a poisoned lock is still usable.
+            let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut conn = pool.get()?;
             f(&mut conn)
         })
@@ -253,7 +292,7 @@ impl Store {
 
     /// Record activity for the idle timeout. Never moves `expires_at`.
     pub async fn touch(&self, session_id: i64, now: i64) -> Result<()> {
-        self.run(move |c| {
+        self.write(move |c| {
             c.prepare_cached("UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1")?
                 .execute(params![session_id, now])?;
             Ok(())
@@ -262,7 +301,7 @@ impl Store {
     }
 
     pub async fn delete_session(&self, hash: Hash) -> Result<bool> {
-        self.run(move |c| {
+        self.write(move |c| {
             Ok(
                 c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
                     .execute(params![&hash[..]])?
@@ -274,71 +313,19 @@ impl Store {
 
     /// Create the user if new, a pending session for this browser, the sign-in request,
     /// and its queued email — in one transaction. `None` when the user is blocked.
+    /// Create the user if new, a pending session for this browser, the sign-in request,
+    /// and its queued email, atomically. `None` when the user is blocked.
+    ///
+    /// Sign-ins are group-committed: a dedicated writer thread takes every request that
+    /// is waiting and writes them in one transaction (each in its own savepoint), because
+    /// a SQLite commit costs about the same for one row as for fifty.
     pub async fn start_sign_in(&self, n: NewSignIn) -> Result<Option<Started>> {
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (user_id, blocked, email): (i64, bool, String) = tx
-                .prepare_cached(
-                    "INSERT INTO users (email, created_at) VALUES (?1, ?2)
-                     ON CONFLICT (email) DO UPDATE SET email = email
-                     RETURNING id, blocked, email",
-                )?
-                .query_row(params![n.email, n.now], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-            if let Some(old) = n.replaces {
-                tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
-                    .execute(params![&old[..]])?;
-            }
-            if blocked {
-                tx.commit()?;
-                return Ok(None);
-            }
-            tx.prepare_cached(
-                "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
-                                       expires_at, ip, user_agent)
-                 VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                &n.session_hash[..],
-                user_id,
-                n.now,
-                n.now + n.link_ttl,
-                n.ip,
-                n.user_agent
-            ])?;
-            let session_id = tx.last_insert_rowid();
-            tx.prepare_cached(
-                "INSERT INTO sign_in_requests (session_id, user_id, salt, link_hash, match_number,
-                     return_to, ip, user_agent, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                session_id,
-                user_id,
-                &n.salt[..],
-                &n.link_hash[..],
-                n.match_number,
-                n.return_to,
-                n.ip,
-                n.user_agent,
-                n.now,
-                n.now + n.link_ttl
-            ])?;
-            let request_id = tx.last_insert_rowid();
-            tx.prepare_cached(
-                "INSERT INTO outbox (kind, request_id, recipient, next_attempt_at, created_at)
-                 VALUES ('sign_in', ?1, ?2, ?3, ?3)",
-            )?
-            .execute(params![request_id, email, n.now])?;
-            let outbox_id = tx.last_insert_rowid();
-            tx.commit()?;
-            Ok(Some(Started {
-                request_id,
-                outbox_id,
-            }))
-        })
-        .await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sign_ins
+            .send((n, tx))
+            .map_err(|_| StoreError::Db("sign-in writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Db("sign-in writer stopped".into()))?
     }
 
     pub async fn request_by_link(&self, link_hash: Hash) -> Result<Option<RequestInfo>> {
@@ -355,7 +342,7 @@ impl Store {
         now: i64,
         lifetime: i64,
     ) -> Result<std::result::Result<SignedIn, Refusal>> {
-        self.run(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
@@ -391,7 +378,7 @@ impl Store {
         ip: String,
         user_agent: String,
     ) -> Result<std::result::Result<SignedIn, Refusal>> {
-        self.run(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
@@ -437,7 +424,7 @@ impl Store {
         now: i64,
         max_attempts: u32,
     ) -> Result<std::result::Result<RequestInfo, Refusal>> {
-        self.run(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
@@ -465,7 +452,7 @@ impl Store {
         link_hash: Hash,
         now: i64,
     ) -> Result<std::result::Result<(), Refusal>> {
-        self.run(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
@@ -488,7 +475,7 @@ impl Store {
         now: i64,
         lifetime: i64,
     ) -> Result<WaitState> {
-        self.run(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(req) = request_for_pending(&tx, &session_hash)? else {
                 return Ok(WaitState::Gone(Refusal::Unknown));
@@ -522,7 +509,7 @@ impl Store {
         lifetime: i64,
         max_attempts: u32,
     ) -> Result<std::result::Result<SignedIn, Refusal>> {
-        self.run(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(req) = request_for_pending(&tx, &session_hash)? else {
                 return Ok(Err(Refusal::Unknown));
@@ -611,7 +598,7 @@ impl Store {
         if results.is_empty() {
             return Ok(());
         }
-        self.run(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (id, outcome) in results {
                 match outcome {
@@ -643,7 +630,7 @@ impl Store {
 
     /// Delete what has expired. Returns the number of rows removed.
     pub async fn sweep(&self, now: i64) -> Result<usize> {
-        self.run(move |c| {
+        self.write(move |c| {
             let mut n = c.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
             // Keep finished requests for a day so a late click gets "expired", not "unknown".
             n += c.execute(
@@ -658,6 +645,124 @@ impl Store {
         })
         .await
     }
+}
+
+type SignInJob = (
+    NewSignIn,
+    tokio::sync::oneshot::Sender<Result<Option<Started>>>,
+);
+
+/// The group-commit loop behind `start_sign_in`. Ends when every `Store` is dropped.
+fn sign_in_writer(
+    pool: Pool<SqliteConnectionManager>,
+    writer: Arc<Mutex<()>>,
+    jobs: std::sync::mpsc::Receiver<SignInJob>,
+) {
+    const BATCH: usize = 64;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
+        let results = (|| -> Result<Vec<Result<Option<Started>>>> {
+            let mut conn = pool.get()?;
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for (n, _) in &batch {
+                // One savepoint each: a failing sign-in does not take the others along.
+                let sp = tx.savepoint()?;
+                match insert_sign_in(&sp, n) {
+                    Ok(r) => {
+                        sp.commit()?;
+                        out.push(Ok(r));
+                    }
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })();
+        match results {
+            Ok(results) => {
+                for ((_, reply), r) in batch.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(match &e {
+                        StoreError::Busy => StoreError::Busy,
+                        StoreError::Db(m) => StoreError::Db(m.clone()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> Result<Option<Started>> {
+    let (user_id, blocked, email): (i64, bool, String) = tx
+        .prepare_cached(
+            "INSERT INTO users (email, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (email) DO UPDATE SET email = email
+                     RETURNING id, blocked, email",
+        )?
+        .query_row(params![&n.email, n.now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if let Some(old) = n.replaces {
+        tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+            .execute(params![&old[..]])?;
+    }
+    if blocked {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
+                                       expires_at, ip, user_agent)
+                 VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        &n.session_hash[..],
+        user_id,
+        n.now,
+        n.now + n.link_ttl,
+        &n.ip,
+        &n.user_agent
+    ])?;
+    let session_id = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO sign_in_requests (session_id, user_id, salt, link_hash, match_number,
+                     return_to, ip, user_agent, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        session_id,
+        user_id,
+        &n.salt[..],
+        &n.link_hash[..],
+        &n.match_number,
+        &n.return_to,
+        &n.ip,
+        &n.user_agent,
+        n.now,
+        n.now + n.link_ttl
+    ])?;
+    let request_id = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO outbox (kind, request_id, recipient, next_attempt_at, created_at)
+                 VALUES ('sign_in', ?1, ?2, ?3, ?3)",
+    )?
+    .execute(params![request_id, email, n.now])?;
+    let outbox_id = tx.last_insert_rowid();
+    Ok(Some(Started {
+        request_id,
+        outbox_id,
+    }))
 }
 
 fn request_where<P: rusqlite::ToSql>(
