@@ -175,7 +175,7 @@ fn path<'a>(p: &'a str, name: &'static str) -> Result<&'a str, ForwardedError> {
 }
 
 /// `X-Original-URL`: exactly `http(s)://host[:port][/path][?query]`.
-fn original_url(s: &str) -> Result<(bool, Cow<'_, str>, Option<u16>, &str), ForwardedError> {
+fn original_url<'a>(s: &'a str, method: &'a str) -> Result<Original<'a>, ForwardedError> {
     const NAME: &str = "X-Original-URL";
     let (https, rest) = if s.len() > 8 && s[..8].eq_ignore_ascii_case("https://") {
         (true, &s[8..])
@@ -195,7 +195,13 @@ fn original_url(s: &str) -> Result<(bool, Cow<'_, str>, Option<u16>, &str), Forw
         p if p.starts_with('?') => return Err(Invalid(NAME)), // needs a path; proxies send one
         p => path(p, NAME)?,
     };
-    Ok((https, host, port, p))
+    Ok(Original {
+        https,
+        host,
+        port,
+        path: p,
+        method,
+    })
 }
 
 pub fn original(h: &HeaderMap) -> Result<Original<'_>, ForwardedError> {
@@ -210,14 +216,7 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, ForwardedError> {
     let fwd = forwarded(h, method)?;
     match (one(h, &X_ORIGINAL_URL)?, fwd) {
         (Some(url), fwd) => {
-            let (https, host, port, path) = original_url(url)?;
-            let o = Original {
-                https,
-                host,
-                port,
-                path,
-                method,
-            };
+            let o = original_url(url, method)?;
             // Both present (a proxy that sends both, or a client adding one the proxy
             // passed through): they must describe the same request.
             if let Some((f, complete)) = fwd {
