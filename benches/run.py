@@ -168,6 +168,8 @@ def nginx(dirpath, auth_port):
         f.write("protected page\n")
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(d=dirpath, auth=auth_port, port=port))
+    for dirpath_, dirs, files in os.walk(dirpath):
+        os.chmod(dirpath_, 0o755)
     p = start(["nginx", "-p", dirpath, "-c", conf, "-e", os.path.join(dirpath, "error.log"),
                "-g", f"daemon off; pid {dirpath}/nginx.pid;"])
     wait_http(f"http://127.0.0.1:{port}/index.html")
@@ -176,6 +178,7 @@ def nginx(dirpath, auth_port):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="authbase-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers run as an unprivileged user and read www/ below
     rows = []
 
     def row(name, fig, base, ratio, goal, ok, note=""):

@@ -132,6 +132,7 @@ pub struct SessionConfig {
     pub idle_timeout: Dur,
     pub link_ttl: Dur,
     pub code_attempts: u32,
+    pub code_attempts_per_address: u32,
     pub match_attempts: u32,
     pub cache_entries: usize,
 }
@@ -205,6 +206,7 @@ impl Default for SessionConfig {
             idle_timeout: Dur(Duration::from_secs(7 * 86400)),
             link_ttl: Dur(Duration::from_secs(600)),
             code_attempts: 5,
+            code_attempts_per_address: 10,
             match_attempts: 3,
             cache_entries: 250_000,
         }
@@ -298,6 +300,12 @@ impl Config {
         if public.query().is_some() || public.fragment().is_some() {
             return Err(err("public_url", "must not have a query or fragment"));
         }
+        if public.path() != "/" {
+            return Err(err(
+                "public_url",
+                "must not have a path: serve authbase at the root of its own host (e.g. https://auth.example.com)",
+            ));
+        }
         self.derived.public_base = public.as_str().trim_end_matches('/').to_string();
         self.derived.public_origin = public.origin().ascii_serialization();
         parse_http_url("redirect_url", &self.redirect_url)?;
@@ -370,6 +378,16 @@ impl Config {
                     format!("`{}` is not a domain", c.domain),
                 ));
             }
+            // A public suffix (`com`, `co.uk`, `github.io`) would make every site under
+            // it "ours" for return URLs, CORS and CSRF checks; browsers refuse the cookie.
+            if psl::suffix_str(&domain) == Some(domain.as_str()) {
+                return Err(err(
+                    "cookie.domain",
+                    format!(
+                        "`{domain}` is a public suffix; use your own domain, e.g. example.co.uk"
+                    ),
+                ));
+            }
             let host = public.host_str().unwrap_or("").to_ascii_lowercase();
             if !host_within(&host, &domain) {
                 return Err(err(
@@ -397,6 +415,12 @@ impl Config {
         }
         if s.code_attempts == 0 || s.code_attempts > 20 {
             return Err(err("session.code_attempts", "must be between 1 and 20"));
+        }
+        if s.code_attempts_per_address < s.code_attempts || s.code_attempts_per_address > 100 {
+            return Err(err(
+                "session.code_attempts_per_address",
+                "must be between session.code_attempts and 100",
+            ));
         }
         if s.match_attempts == 0 || s.match_attempts > 10 {
             return Err(err("session.match_attempts", "must be between 1 and 10"));
@@ -471,6 +495,44 @@ impl Config {
             return Err(err("server.max_body_bytes", "must be at least 1024"));
         }
         Ok(())
+    }
+
+    /// Valid but risky settings, worth a line in the log at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let e = &self.email;
+        if e.transport == "log" {
+            w.push(
+                "email.transport = \"log\": sign-in links are printed to stdout (development only)"
+                    .into(),
+            );
+        }
+        let loopback = matches!(e.smtp_host.as_str(), "127.0.0.1" | "::1" | "localhost");
+        if e.transport == "smtp"
+            && e.smtp_tls == "none"
+            && self.derived.smtp_password.is_some()
+            && !loopback
+        {
+            w.push(format!(
+                "email.smtp_tls = \"none\": the SMTP password goes to {} unencrypted",
+                e.smtp_host
+            ));
+        }
+        let local = self
+            .derived
+            .public_url
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h.ends_with(".localhost"));
+        if !self.cookie.secure && !local {
+            w.push(
+                "cookie.secure = false: set it to true when authbase is served over https".into(),
+            );
+        }
+        if self.cookie.same_site == "strict" {
+            w.push("cookie.same_site = \"strict\": a link clicked in webmail arrives without the cookie, so it opens the \"other device\" page".into());
+        }
+        w
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -584,6 +646,24 @@ mod tests {
         assert_eq!(e.key, "cookie.domain");
         let e = Config::from_toml("[email]\ntransport = \"pigeon\"\n", &NoEnv).unwrap_err();
         assert_eq!(e.key, "email.transport");
+        let t = "public_url = \"https://auth.example.co.uk\"\n[cookie]\ndomain = \"co.uk\"\n";
+        assert_eq!(
+            Config::from_toml(t, &NoEnv).unwrap_err().key,
+            "cookie.domain"
+        );
+        let t = "public_url = \"https://x.github.io\"\n[cookie]\ndomain = \"github.io\"\n";
+        assert_eq!(
+            Config::from_toml(t, &NoEnv).unwrap_err().key,
+            "cookie.domain"
+        );
+        let t =
+            "public_url = \"https://auth.example.co.uk\"\n[cookie]\ndomain = \"example.co.uk\"\n";
+        assert!(Config::from_toml(t, &NoEnv).is_ok());
+        let e =
+            Config::from_toml("public_url = \"https://x.example.com/auth\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "public_url");
+        // Every key has a default: an empty file is a working configuration.
+        assert!(Config::from_toml("", &NoEnv).is_ok());
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mail_task = tokio::spawn(mailer.run(stopped(stop_rx.clone())));
+    let mail_task = tokio::spawn(mailer.run(stop_rx.clone()));
     let store = app.store.clone();
     let sweep_stop = stopped(stop_rx);
     let sweep_task = tokio::spawn(async move {
@@ -95,6 +95,16 @@ pub async fn serve(
     });
     server::run(listener, app, shutdown).await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(mail_task, sweep_task);
+    // The mail sender stops between messages; a send in progress gets a bounded time.
+    let (mail_abort, sweep_abort) = (mail_task.abort_handle(), sweep_task.abort_handle());
+    let both = async { tokio::join!(mail_task, sweep_task) };
+    if tokio::time::timeout(server::DRAIN_TIMEOUT, both)
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop in time; a message being sent stays queued");
+        mail_abort.abort();
+        sweep_abort.abort();
+    }
     tracing::info!("stopped");
 }

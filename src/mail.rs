@@ -71,25 +71,33 @@ enum Failure {
 impl Mailer {
     /// Run until `stop` resolves. Checks the queue when woken, when the next retry is
     /// due, and at least every few seconds.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
         loop {
-            if let Err(e) = self.drain().await {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.drain(&stop).await {
                 tracing::warn!(error = %e, "mail outbox unavailable; will retry");
             }
             let wait = match self.store.next_mail_due().await {
                 Ok(Some(at)) => Duration::from_secs((at - now()).clamp(0, 5) as u64),
                 _ => Duration::from_secs(5),
             };
+            let mut stop = stop.clone();
             tokio::select! {
-                _ = &mut stop => return,
+                _ = stop.wait_for(|s| *s) => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
             }
         }
     }
 
-    async fn drain(&self) -> Result<(), crate::store::StoreError> {
+    /// Send what is due, batch by batch, until nothing is due or shutdown begins (checked
+    /// between messages; each send is bounded by `email.smtp_timeout`).
+    async fn drain(
+        &self,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), crate::store::StoreError> {
         loop {
             let due = self.store.due_mail(now(), 20).await?;
             if due.is_empty() {
@@ -99,10 +107,16 @@ impl Mailer {
             // message (a crash before it re-sends the batch: at-least-once).
             let mut results = Vec::with_capacity(due.len());
             for item in due {
+                if *stop.borrow() {
+                    break;
+                }
                 let id = item.id;
                 results.push((id, self.deliver(item).await));
             }
             self.store.mail_results(results, now()).await?;
+            if *stop.borrow() {
+                return Ok(());
+            }
         }
     }
 
@@ -242,13 +256,19 @@ impl Mailer {
                 let _ = out.flush();
                 Ok(())
             }
-            Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| {
-                if e.is_permanent() {
-                    Failure::Permanent(e.to_string())
-                } else {
-                    Failure::Retry(e.to_string())
+            // lettre's own timeout covers connecting only; bound the whole conversation.
+            Transport::Smtp(t) => {
+                let limit = self.cfg.email.smtp_timeout.0;
+                match tokio::time::timeout(limit, t.send(msg)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) if e.is_permanent() => Err(Failure::Permanent(e.to_string())),
+                    Ok(Err(e)) => Err(Failure::Retry(e.to_string())),
+                    Err(_) => Err(Failure::Retry(format!(
+                        "the SMTP server did not finish within {}s (email.smtp_timeout)",
+                        limit.as_secs()
+                    ))),
                 }
-            }),
+            }
         }
     }
 }

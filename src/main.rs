@@ -13,14 +13,9 @@ use authbase::config::{Config, ProcessEnv};
 #[derive(Parser)]
 #[command(name = "authbase", version, propagate_version = true)]
 struct Cli {
-    /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        env = "AUTHBASE_CONFIG",
-        default_value = "authbase.toml"
-    )]
-    config: PathBuf,
+    /// Configuration file [default: ./authbase.toml, or built-in defaults when there is none].
+    #[arg(long, global = true, env = "AUTHBASE_CONFIG")]
+    config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "AUTHBASE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -49,7 +44,16 @@ const EXIT_UNAVAILABLE: u8 = 69;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let cfg = match Config::load(&cli.config, &ProcessEnv) {
+    let default = PathBuf::from("authbase.toml");
+    let (cfg, source) = match &cli.config {
+        Some(p) => (Config::load(p, &ProcessEnv), p.display().to_string()),
+        None if default.exists() => (Config::load(&default, &ProcessEnv), "authbase.toml".into()),
+        None => (
+            Config::from_toml("", &ProcessEnv),
+            "built-in defaults".into(),
+        ),
+    };
+    let cfg = match cfg {
         Ok(c) => c,
         Err(e) => {
             eprintln!("authbase: {e}");
@@ -58,10 +62,16 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig => {
-            println!("{}: ok", cli.config.display());
+            for w in cfg.warnings() {
+                eprintln!("authbase: warning: {w}");
+            }
+            println!("{source}: ok");
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(cfg),
+        Command::Serve => {
+            tracing::info!(config = %source, "configuration loaded");
+            serve(cfg)
+        }
     }
 }
 
@@ -78,11 +88,10 @@ fn serve(cfg: Config) -> ExitCode {
     };
     rt.block_on(async move {
         let addr = cfg.listen_addr();
-        if cfg.email.transport == "log" {
-            tracing::warn!(
-                "email.transport = \"log\": sign-in links are printed to stdout (development only)"
-            );
+        for w in cfg.warnings() {
+            tracing::warn!("{w}");
         }
+        let public = cfg.public_base().to_string();
         let (app, mailer) = match authbase::prepare(cfg) {
             Ok(x) => x,
             Err(e) => {
@@ -101,7 +110,7 @@ fn serve(cfg: Config) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!(address = %bound, "listening on http://{bound}");
+        tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
         authbase::serve(app, mailer, listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

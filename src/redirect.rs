@@ -26,6 +26,10 @@ pub fn validate(raw: &str, cfg: &Config) -> Option<String> {
         return None;
     }
     let url = url::Url::parse(raw).ok()?;
+    // With Secure cookies, never send a signed-in user to plain http.
+    if cfg.cookie.secure && url.scheme() != "https" {
+        return None;
+    }
     if !matches!(url.scheme(), "http" | "https")
         || !url.username().is_empty()
         || url.password().is_some()
@@ -95,9 +99,9 @@ mod tests {
         let c = cfg("example.com", &["partner.org", "*.tools.net"]);
         for ok in [
             "https://app.example.com/page?x=1&y=2#frag",
-            "http://example.com/",
             "https://APP.Example.com/x",
             "https://a.b.example.com:8443/x",
+            "https://example.com/",
             "https://partner.org/",
             "https://x.tools.net/",
         ] {
@@ -142,6 +146,7 @@ mod tests {
             "https://еxample.com/",
             "https://xn--xample-2of.com/",
             "https://tools.net/",
+            "http://app.example.com/",
             "https://1.2.3.4/",
             "/relative/path",
             "",
@@ -152,7 +157,7 @@ mod tests {
 
     /// oauth2-proxy's open-redirect corpus: every line, URL-unescaped, must be refused
     /// with the cookie domain `whitelisteddomain.tld`: no line may yield a redirect that
-    /// leaves that domain (shared/testdata/README.md).
+    /// leaves that domain (tests/data/README.md).
     #[test]
     fn openredirects_corpus() {
         let path = concat!(

@@ -26,7 +26,7 @@ use crate::secrets;
 use crate::web::{self, Ctx, Resp};
 
 /// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let cfg = app.cfg.clone();

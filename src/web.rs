@@ -14,7 +14,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use crate::app::App;
-use crate::config::host_within;
+use crate::config::{host_within, Config};
 use crate::error::AppError;
 use crate::secrets::{self, Hash};
 
@@ -96,27 +96,43 @@ pub fn session_hash(h: &HeaderMap, name: &str) -> Option<Hash> {
     session_token(h, name).map(secrets::hash)
 }
 
+/// Every well-formed value of our cookie, duplicates included: what sign-out ends.
+pub fn all_session_hashes(h: &HeaderMap, name: &str) -> Vec<Hash> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .filter(|t| secrets::well_formed(t))
+        .map(secrets::hash)
+        .collect()
+}
+
 /// Refuse state-changing requests from other sites (login CSRF, forced sign-out).
 /// An `Origin` must be ours or an allowed one; without `Origin`, a browser's
 /// `Sec-Fetch-Site: cross-site` is refused. Non-browser clients send neither.
 pub fn check_origin(h: &HeaderMap, app: &App) -> Result<()> {
+    let fetch_site = h.get(&SEC_FETCH_SITE).and_then(|v| v.to_str().ok());
     if let Some(origin) = h.get(header::ORIGIN) {
         let o = origin.to_str().map_err(|_| AppError::CrossSite)?;
-        return if origin_allowed(o, app) {
+        // `same-origin` is the browser's word that the form came from the very origin
+        // it posts to (e.g. http://127.0.0.1:9091 when public_url says localhost).
+        return if origin_allowed(o, &app.cfg) || fetch_site == Some("same-origin") {
             Ok(())
         } else {
             Err(AppError::CrossSite)
         };
     }
-    match h.get(&SEC_FETCH_SITE).and_then(|v| v.to_str().ok()) {
+    match fetch_site {
         Some("cross-site") => Err(AppError::CrossSite),
         _ => Ok(()),
     }
 }
 
 /// Our own origin, an origin on the cookie domain, or one listed in `cors.allowed_origins`.
-pub fn origin_allowed(origin: &str, app: &App) -> bool {
-    let cfg = &app.cfg;
+pub fn origin_allowed(origin: &str, cfg: &Config) -> bool {
     if origin == cfg.derived.public_origin
         || cfg
             .cors
@@ -132,7 +148,13 @@ pub fn origin_allowed(origin: &str, app: &App) -> bool {
     let Ok(u) = url::Url::parse(origin) else {
         return false;
     };
-    matches!(u.scheme(), "http" | "https")
+    let scheme_ok = match u.scheme() {
+        "https" => true,
+        // With Secure cookies, a plain-http sibling must not read /me or post here.
+        "http" => !cfg.cookie.secure,
+        _ => false,
+    };
+    scheme_ok
         && u.origin().ascii_serialization() == origin
         && u.host_str().is_some_and(|h| host_within(h, domain))
 }
@@ -145,7 +167,7 @@ pub fn cors_path(path: &str) -> bool {
 /// The `Origin` to echo in CORS headers: present, allowed, and on a CORS path. Never `*`.
 pub fn cors_origin(h: &HeaderMap, path: &str, app: &App) -> Option<HeaderValue> {
     let o = h.get(header::ORIGIN)?;
-    (cors_path(path) && o.to_str().is_ok_and(|s| origin_allowed(s, app))).then(|| o.clone())
+    (cors_path(path) && o.to_str().is_ok_and(|s| origin_allowed(s, &app.cfg))).then(|| o.clone())
 }
 
 pub fn add_cors(r: &mut Resp, origin: HeaderValue) {
@@ -349,5 +371,76 @@ pub fn security_headers(r: &mut Resp) {
                  connect-src 'self'; base-uri 'none'; frame-ancestors 'none'",
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoEnv;
+    impl crate::config::Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn cfg(secure: bool) -> Config {
+        let scheme = if secure { "https" } else { "http" };
+        Config::from_toml(
+            &format!(
+                "public_url = \"{scheme}://auth.example.com\"\ncors.allowed_origins = [\"https://partner.org\"]\n[cookie]\ndomain = \"example.com\"\nsecure = {secure}\n"
+            ),
+            &NoEnv,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn origins() {
+        let c = cfg(true);
+        assert!(origin_allowed("https://auth.example.com", &c));
+        assert!(origin_allowed("https://app.example.com", &c));
+        assert!(origin_allowed("https://partner.org", &c));
+        assert!(
+            !origin_allowed("http://app.example.com", &c),
+            "no plain http with Secure cookies"
+        );
+        assert!(!origin_allowed("https://app.example.com.evil.org", &c));
+        assert!(!origin_allowed("https://evilexample.com", &c));
+        assert!(!origin_allowed("null", &c));
+        assert!(
+            !origin_allowed("https://app.example.com/", &c),
+            "an origin has no path"
+        );
+        assert!(origin_allowed("http://app.example.com", &cfg(false)));
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = HeaderMap::new();
+        let t = "A".repeat(43);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("x=1; session_id={t}")).unwrap(),
+        );
+        assert_eq!(session_token(&h, "session_id"), Some(t.as_str()));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("session_id={t}; session_id={}", "B".repeat(43)))
+                .unwrap(),
+        );
+        assert_eq!(
+            session_token(&h, "session_id"),
+            None,
+            "duplicates are no session"
+        );
+        assert_eq!(
+            all_session_hashes(&h, "session_id").len(),
+            2,
+            "but sign-out ends both"
+        );
+        h.insert(header::COOKIE, HeaderValue::from_static("session_id=short"));
+        assert_eq!(session_token(&h, "session_id"), None);
     }
 }

@@ -904,3 +904,166 @@ fn check_config_names_the_bad_key_and_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/authbase.toml"));
 }
+
+#[tokio::test]
+async fn new_requests_do_not_buy_fresh_code_guesses() {
+    let (smtp, ab) = setup_with(
+        "",
+        "[session]\ncode_attempts = 3\ncode_attempts_per_address = 4\n",
+    );
+    let mut a = ab.browser();
+    let (_, mail1) = request_link(&mut a, &smtp, "sam@example.com").await;
+    let wrong = |c: &str| {
+        if c == "000000" {
+            "111111".to_string()
+        } else {
+            "000000".to_string()
+        }
+    };
+    let w = wrong(&mail1.code());
+    assert_eq!(a.post_form("/auth/code", &[("code", &w)]).await.status, 400);
+    assert_eq!(a.post_form("/auth/code", &[("code", &w)]).await.status, 400);
+    assert_eq!(a.post_form("/auth/code", &[("code", &w)]).await.status, 410);
+    // A fresh request for the same address: one more wrong code reaches the address limit.
+    let (_, mail2) = request_link(&mut a, &smtp, "sam@example.com").await;
+    let w = wrong(&mail2.code());
+    assert_eq!(a.post_form("/auth/code", &[("code", &w)]).await.status, 400);
+    let r = a.post_form("/auth/code", &[("code", &mail2.code())]).await;
+    assert_eq!(
+        r.status, 429,
+        "even the right code is refused now: {}",
+        r.body
+    );
+    assert_eq!(a.me().await.status, 401);
+    // The link (which needs the mailbox, not a guess) still works.
+    assert_eq!(a.get(&mail2.link_path()).await.status, 303);
+    assert_eq!(a.me().await.status, 200);
+}
+
+#[tokio::test]
+async fn a_stalled_smtp_server_is_bounded_by_smtp_timeout_and_does_not_block_shutdown() {
+    // A server that accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Ok((c, _)) = silent.accept() {
+                conns.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let mut ab = Authbase::start(&test_config(port, "", "smtp_timeout = \"2s\"\n"));
+    let mut a = ab.browser();
+    let t = Instant::now();
+    assert_eq!(
+        a.post_form("/auth", &[("email", "tia@example.com")])
+            .await
+            .status,
+        200
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "POST /auth does not wait for SMTP"
+    );
+    let deadline = Instant::now() + WAIT;
+    while !ab.logs().contains("did not finish within 2s") {
+        assert!(
+            Instant::now() < deadline,
+            "send not bounded:\n{}",
+            ab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = Instant::now();
+    assert!(ab.stop().success());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn sign_out_ends_every_presented_session_even_when_the_cookie_is_duplicated() {
+    let (smtp, ab) = setup();
+    let mut a = ab.browser();
+    let (_, mail) = request_link(&mut a, &smtp, "uma@example.com").await;
+    a.get(&mail.link_path()).await;
+    let token = a.session().cloned().unwrap();
+    let dup = format!("session_id={token}; session_id={}", "A".repeat(43));
+    let r = send(
+        &ab.addr,
+        Method::POST,
+        "/sign_out",
+        &[("cookie", &dup)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(a.me().await.status, 401, "the real session ended too");
+}
+
+#[tokio::test]
+async fn same_origin_forms_work_from_another_address_of_the_same_server() {
+    // A browser on http://127.0.0.1:PORT (public_url says another host) posts its own form.
+    let (smtp, ab) = setup();
+    let own = format!("http://{}", ab.addr);
+    let r = ab
+        .browser()
+        .request(
+            Method::POST,
+            "/auth",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &own),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            "email=val%40example.com",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    smtp.wait_for(1).await;
+    // Without the browser's same-origin word, an unknown Origin is still refused.
+    let r = ab
+        .browser()
+        .request(
+            Method::POST,
+            "/auth",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &own),
+            ],
+            "email=val%40example.com",
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn runs_on_built_in_defaults_without_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env_remove("AUTHBASE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("built-in defaults: ok"));
+    // An explicit file that is missing is still an error.
+    let out = std::process::Command::new(binary())
+        .args(["check-config", "--config", "nope.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

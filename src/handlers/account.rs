@@ -21,9 +21,10 @@ pub async fn me(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
 
 pub async fn sign_out(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     web::check_origin(req.headers(), &ctx.app)?;
+    // Every value presented, so a duplicated cookie cannot keep a session alive.
     let mut ended = false;
-    if let Some(hash) = web::session_hash(req.headers(), &ctx.app.cfg.cookie.name) {
-        ended = session::end(&ctx.app, hash).await?;
+    for hash in web::all_session_hashes(req.headers(), &ctx.app.cfg.cookie.name) {
+        ended |= session::end(&ctx.app, hash).await?;
     }
     if ended {
         tracing::info!("signed out");

@@ -230,7 +230,11 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             ctx.app.key.clone(),
             now(),
             cfg.session.lifetime.secs(),
-            cfg.session.code_attempts,
+            crate::store::CodeLimits {
+                per_request: cfg.session.code_attempts,
+                per_address: cfg.session.code_attempts_per_address,
+                window: cfg.session.link_ttl.secs(),
+            },
         )
         .await?;
     match out {
@@ -265,8 +269,14 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             }
         }
         Err(r) => {
-            if r == crate::store::Refusal::Locked {
-                tracing::warn!(ip = %ctx.client_ip, "sign-in cancelled after too many wrong codes");
+            match r {
+                crate::store::Refusal::Locked => {
+                    tracing::warn!(ip = %ctx.client_ip, "sign-in cancelled after too many wrong codes")
+                }
+                crate::store::Refusal::Throttled => {
+                    tracing::warn!(ip = %ctx.client_ip, "code refused: too many wrong codes for this address")
+                }
+                _ => {}
             }
             super::refusal(ctx, r)
         }

@@ -51,6 +51,12 @@ pub fn refusal(ctx: &Ctx, r: Refusal) -> web::Result<Resp> {
             "That was not right",
             "Check the number or code and try again.",
         ),
+        Refusal::Throttled => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "Too many wrong codes",
+            "Too many wrong codes were entered for this address. Use the link in the email, or try again later.",
+        ),
         Refusal::Blocked => (
             StatusCode::FORBIDDEN,
             "blocked",

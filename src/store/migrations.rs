@@ -61,6 +61,11 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
     "#,
+    // 2: wrong one-time codes per address, across all of its sign-in requests.
+    r#"
+    ALTER TABLE users ADD COLUMN code_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN code_window_start INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

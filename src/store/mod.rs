@@ -118,6 +118,16 @@ pub enum Refusal {
     Locked,
     /// The user is blocked.
     Blocked,
+    /// Too many wrong codes for this address recently, across its requests.
+    Throttled,
+}
+
+/// Limits on wrong one-time codes (see `Store::submit_code`).
+#[derive(Debug, Clone, Copy)]
+pub struct CodeLimits {
+    pub per_request: u32,
+    pub per_address: u32,
+    pub window: i64,
 }
 
 /// A confirmed session ready to be set as a cookie.
@@ -500,6 +510,11 @@ impl Store {
     }
 
     /// The one-time code from the email, typed into the waiting browser.
+    ///
+    /// Two limits: `limits.per_request` wrong codes cancel the request, and
+    /// `limits.per_address` wrong codes within `limits.window` seconds, across all of an
+    /// address's requests, refuse further codes for it (starting new requests to get
+    /// fresh attempts does not help an attacker).
     pub async fn submit_code(
         &self,
         session_hash: Hash,
@@ -507,7 +522,7 @@ impl Store {
         key: ServerKey,
         now: i64,
         lifetime: i64,
-        max_attempts: u32,
+        limits: CodeLimits,
     ) -> Result<std::result::Result<SignedIn, Refusal>> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -517,13 +532,37 @@ impl Store {
             if let Err(r) = usable(&req, now) {
                 return Ok(Err(r));
             }
+            let (user_id, failures, window_start): (i64, i64, i64) = tx
+                .prepare_cached(
+                    "SELECT u.id, u.code_failures, u.code_window_start
+                       FROM users u JOIN sign_in_requests r ON r.user_id = u.id WHERE r.id = ?1",
+                )?
+                .query_row(params![req.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let in_window = window_start + limits.window > now;
+            if in_window && failures >= limits.per_address as i64 {
+                return Ok(Err(Refusal::Throttled));
+            }
             let expected = key.code(&req.salt);
             let out = if code.len() == expected.len()
                 && secrets::ct_eq(code.as_bytes(), expected.as_bytes())
             {
                 Ok(consume_and_confirm(&tx, &req, now, lifetime)?)
             } else {
-                Err(wrong_attempt(&tx, req.id, "code_attempts", max_attempts)?)
+                let (n, start) = if in_window {
+                    (failures + 1, window_start)
+                } else {
+                    (1, now)
+                };
+                tx.prepare_cached(
+                    "UPDATE users SET code_failures = ?2, code_window_start = ?3 WHERE id = ?1",
+                )?
+                .execute(params![user_id, n, start])?;
+                Err(wrong_attempt(
+                    &tx,
+                    req.id,
+                    "code_attempts",
+                    limits.per_request,
+                )?)
             };
             tx.commit()?;
             Ok(out)

@@ -271,7 +271,7 @@ impl Authbase {
                 for l in r.lines().map_while(Result::ok) {
                     if let Some(i) = l.find("listening on http://") {
                         let a = l[i + "listening on http://".len()..]
-                            .split_whitespace()
+                            .split(|c: char| c.is_whitespace() || c == ';')
                             .next()
                             .unwrap_or("")
                             .to_string();
