@@ -592,6 +592,12 @@ fn parse_http_url(key: &str, v: &str) -> Result<url::Url, ConfigError> {
 
 /// A DNS host name in ASCII (IDN must be given in punycode).
 pub fn is_hostname(h: &str) -> bool {
+    is_dns_name(h, false)
+}
+
+/// Labels of letters, digits and inner `-` (and `_` when `underscore`, as internal
+/// service names have), at most 63 bytes each and 253 in all.
+pub fn is_dns_name(h: &str, underscore: bool) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
@@ -599,7 +605,8 @@ pub fn is_hostname(h: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscore && b == b'_'))
         })
 }
 

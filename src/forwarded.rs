@@ -139,16 +139,7 @@ fn authority<'a>(
         return Ok((Cow::Owned(host.to_ascii_lowercase()), port));
     }
     let host = host.strip_suffix('.').unwrap_or(host);
-    let dns_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let dns_ok = crate::config::is_dns_name(host, true);
     // A last label starting with a digit is only accepted as a canonical IPv4 address:
     // `0x7f.1`, `2130706433` and `127.1` are refused, not reinterpreted.
     let numeric = host

@@ -306,7 +306,8 @@ fn plain_part(raw: &str) -> String {
     format!("{subject}\n\n{}", decoded.replace("\r\n", "\n"))
 }
 
-fn decode_qp(s: &str) -> String {
+/// Decode a quoted-printable body (soft line breaks and `=XX` escapes).
+pub fn decode_qp(s: &str) -> String {
     let s = s.replace("=\r\n", "");
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

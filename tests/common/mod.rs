@@ -55,7 +55,7 @@ pub struct Mail {
 impl Mail {
     /// The text/plain part, decoded from quoted-printable where needed.
     pub fn text(&self) -> String {
-        decode_qp(&self.raw)
+        authbase::mail::decode_qp(&self.raw)
     }
     pub fn link(&self) -> String {
         let t = self.text();
@@ -85,25 +85,6 @@ impl Mail {
             })
             .map(|l| l[name.len() + 1..].trim().to_string())
     }
-}
-
-fn decode_qp(s: &str) -> String {
-    let s = s.replace("=\r\n", "");
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'=' && i + 2 < b.len() {
-            if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Smtp {
