@@ -11,7 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benches")
@@ -211,6 +214,8 @@ def main():
             "baseline: minimal hyper server")
         row("/verify p99 latency at that load (ms)", v["p99"], b["p99"], v["p99"] / b["p99"], "<= 2 ms", v["p99"] <= 2.0)
         row("idle RSS after start (MB)", idle_rss / 1024, None, None, "<= 20 MB", idle_rss / 1024 <= 20)
+        delay = revocation_delay(small, aport, hdrs)
+        row("CLI `sessions revoke` -> /verify refuses (ms)", delay, None, None, "<= 1000 ms", delay <= 1000)
         if "nginx" in ONLY:
             bench_nginx(tmp, row, bport, aport, one)
         stop(base)
@@ -239,6 +244,26 @@ def main():
         print(f"{name:<58} {f(fig, 2 if fig < 10 else 0):>10} {f(base, 2 if (base or 0) < 10 else 0):>10} {f(ratio, 2):>8}  {goal:<20} {res}")
         if note:
             print(f"{'':<4}{note}")
+
+
+def revocation_delay(dirpath, port, hdrs):
+    """Revoke a cached session with the CLI (another process) and time until /verify says 401."""
+    user = "user999@example.com"
+    cookie = f"Cookie: session_id={__import__('seed').token(999)}"
+    h = {k: v.strip() for k, v in (x.split(":", 1) for x in [cookie] + hdrs[1:])}
+    url = f"http://127.0.0.1:{port}/verify"
+    assert urllib.request.urlopen(urllib.request.Request(url, headers=h)).status == 200
+    subprocess.run([AUTHBASE, "sessions", "revoke", "--user", user, "--config", os.path.join(dirpath, "authbase.toml")],
+                   check=True, capture_output=True)
+    t = time.time()
+    while time.time() - t < 10:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=h))
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                return (time.time() - t) * 1000
+        time.sleep(0.005)
+    return float("inf")
 
 
 def bench_nginx(tmp, row, bport, aport, one):

@@ -4,6 +4,7 @@
 //! it can be tested without a process.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod email_addr;
@@ -78,7 +79,7 @@ pub async fn serve(
     };
     let mail_task = tokio::spawn(mailer.run(stop_rx.clone()));
     let store = app.store.clone();
-    let sweep_stop = stopped(stop_rx);
+    let sweep_stop = stopped(stop_rx.clone());
     let sweep_task = tokio::spawn(async move {
         tokio::pin!(sweep_stop);
         loop {
@@ -93,11 +94,12 @@ pub async fn serve(
             }
         }
     });
+    let revocations = tokio::spawn(session::follow_revocations(app.clone(), stop_rx.clone()));
     server::run(listener, app, shutdown).await;
     let _ = stop_tx.send(true);
     // The mail sender stops between messages; a send in progress gets a bounded time.
     let (mail_abort, sweep_abort) = (mail_task.abort_handle(), sweep_task.abort_handle());
-    let both = async { tokio::join!(mail_task, sweep_task) };
+    let both = async { tokio::join!(mail_task, sweep_task, revocations) };
     if tokio::time::timeout(server::DRAIN_TIMEOUT, both)
         .await
         .is_err()

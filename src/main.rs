@@ -35,11 +35,39 @@ enum Command {
     Serve,
     /// Validate the configuration file and exit (0 when valid, 64 when not).
     CheckConfig,
+    /// List or revoke sessions (works while servers run).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List signed-in sessions, newest first.
+    List {
+        /// Only the sessions of this address.
+        #[arg(long)]
+        user: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign out now; running servers stop accepting the sessions within a second.
+    Revoke {
+        /// The sessions of this address.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        user: Option<String>,
+        /// Every session of every user.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// sysexits.h: EX_CONFIG for configuration errors, EX_UNAVAILABLE / EX_SOFTWARE otherwise.
 const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
+const EXIT_DATAERR: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -71,6 +99,40 @@ fn main() -> ExitCode {
         Command::Serve => {
             tracing::info!(config = %source, "configuration loaded");
             serve(cfg)
+        }
+        Command::Sessions { command } => admin(cfg, command),
+    }
+}
+
+fn admin(cfg: Config, command: SessionsCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("authbase: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let out = rt.block_on(async {
+        match command {
+            SessionsCommand::List { user, json } => {
+                authbase::admin::sessions_list(&cfg, user.as_deref(), json).await
+            }
+            SessionsCommand::Revoke { user, .. } => {
+                authbase::admin::sessions_revoke(&cfg, user.as_deref()).await
+            }
+        }
+    });
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authbase: {e}");
+            ExitCode::from(EXIT_DATAERR)
         }
     }
 }

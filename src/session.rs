@@ -23,8 +23,12 @@ use crate::secrets::Hash;
 use crate::store::{now, SessionUser, StoreError};
 use crate::web;
 
-/// How long a cached session is trusted before it is read again from the database.
-pub const CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long a cached session is trusted before it is read again from the database. A
+/// safety net: changes made by this process evict at once, and changes made by the
+/// admin CLI arrive through the revocation log within `REVOCATION_POLL`.
+pub const CACHE_TTL: Duration = Duration::from_secs(300);
+/// How often a server looks for revocations made by other processes.
+pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
 const SHARDS: usize = 16;
 
 /// Activity is written at most once a minute (or a quarter of a short idle timeout), so
@@ -127,6 +131,18 @@ impl SessionCache {
         s.remove(h);
     }
 
+    /// Forget every cached session of one user (`None`: of everyone).
+    pub fn evict_user(&self, user_id: Option<i64>) {
+        for shard in &self.shards {
+            let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            match user_id {
+                Some(id) => s.retain(|_, e| e.user.user.user_id != id),
+                None => s.clear(),
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -185,6 +201,40 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
     Ok(Some(signed))
 }
 
+/// Follow the revocation log written by other processes (the admin CLI) and evict what
+/// it names, until `stop` is set. Started at the current end of the log.
+pub async fn follow_revocations(
+    app: std::sync::Arc<App>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = loop {
+        match app.store.last_revocation().await {
+            Ok(n) => break n,
+            Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(REVOCATION_POLL) => {}
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(REVOCATION_POLL) => {}
+        }
+        match app.store.revocations_since(seen).await {
+            Ok(rows) => {
+                for (seq, user_id) in rows {
+                    app.sessions.evict_user(user_id);
+                    tracing::info!(user_id, "sessions revoked by another process");
+                    seen = seq;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
+        }
+    }
+}
+
 /// End a session: delete it, then evict it, so no later request can see it.
 pub async fn end(app: &App, hash: Hash) -> Result<bool, StoreError> {
     let r = app.store.delete_session(hash).await;
@@ -235,6 +285,18 @@ mod tests {
         assert!(c.get(&h).is_some());
         c.evict(&h);
         assert!(c.get(&h).is_none());
+    }
+
+    #[test]
+    fn evict_user_forgets_only_that_user() {
+        let c = SessionCache::new(100);
+        c.insert([1; 32], Arc::new(Signed::new(user(1))), 0);
+        c.insert([2; 32], Arc::new(Signed::new(user(2))), 0);
+        c.evict_user(Some(1));
+        assert!(c.get(&[1; 32]).is_none());
+        assert!(c.get(&[2; 32]).is_some());
+        c.evict_user(None);
+        assert!(c.is_empty());
     }
 
     #[test]

@@ -259,3 +259,90 @@ async fn sign_out_is_seen_by_verify_on_the_next_request() {
     assert_eq!(r.status, 200);
     assert_eq!(verify(&ab, "/verify", &h).await.status, 401);
 }
+
+fn cli(ab: &Authbase, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(args)
+        .current_dir(ab.dir.path())
+        .env_remove("AUTHBASE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sessions_revoked_by_the_cli_stop_working_on_the_running_server() {
+    let (smtp, ab, cookie) = signed_in().await;
+    let h = [
+        ("cookie", cookie.as_str()),
+        ("x-forwarded-host", "app.test.localhost"),
+    ];
+    assert_eq!(verify(&ab, "/verify", &h).await.status, 200, "cached now");
+
+    let out = cli(&ab, &["sessions", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["email"], "vera@example.com");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&cookie[11..]),
+        "no secret listed"
+    );
+
+    let out = cli(&ab, &["sessions", "revoke", "--user", "VERA@example.com"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked 1 session(s) of VERA@example.com")
+    );
+    // The server follows the revocation log (every 250 ms); wait for it, bounded.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = verify(&ab, "/verify", &h).await;
+        if r.status == 401 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {}", r.status);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let me = send(
+        &ab.addr,
+        Method::GET,
+        "/me",
+        &[("cookie", &cookie)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(me.status, 401);
+
+    // --all, and the errors.
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "walt@example.com").await;
+    b.get(&mail.link_path()).await;
+    let walt = format!("session_id={}", b.session().unwrap());
+    let hw = [
+        ("cookie", walt.as_str()),
+        ("x-forwarded-host", "app.test.localhost"),
+    ];
+    assert_eq!(verify(&ab, "/verify", &hw).await.status, 200);
+    let out = cli(&ab, &["sessions", "revoke", "--all"]);
+    assert!(out.status.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    while verify(&ab, "/verify", &hw).await.status != 401 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = cli(&ab, &["sessions", "revoke", "--user", "nobody@example.com"]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user nobody@example.com"));
+    let out = cli(&ab, &["sessions", "revoke"]);
+    assert!(!out.status.success(), "revoke needs --user or --all");
+    let out = cli(&ab, &["sessions", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 session(s)"));
+}

@@ -66,6 +66,15 @@ const STEPS: &[&str] = &[
     ALTER TABLE users ADD COLUMN code_failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE users ADD COLUMN code_window_start INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: sessions ended by another process (the admin CLI), for running servers to
+    // evict from their caches. user_id NULL = every session.
+    r#"
+    CREATE TABLE revocations (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id  INTEGER,
+        at       INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

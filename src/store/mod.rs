@@ -72,6 +72,18 @@ pub struct SessionUser {
     pub expires_at: i64,
 }
 
+/// A session as the admin CLI lists it (no secret in it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionRow {
+    pub id: i64,
+    pub email: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
 /// A sign-in request, as shown on the confirmation page and in the email.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
@@ -317,6 +329,93 @@ impl Store {
                     .execute(params![&hash[..]])?
                     > 0,
             )
+        })
+        .await
+    }
+
+    /// End the sessions of one user (by address) or of everyone, from outside the server
+    /// (the admin CLI): the deletion and a revocation record in one transaction, so
+    /// running servers evict their cached copies. Returns the sessions ended, or `None`
+    /// for an unknown address.
+    pub async fn revoke(&self, email: Option<String>, now: i64) -> Result<Option<usize>> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let user_id: Option<i64> = match &email {
+                Some(e) => {
+                    let id = tx
+                        .query_row("SELECT id FROM users WHERE email = ?1", params![e], |r| {
+                            r.get(0)
+                        })
+                        .optional()?;
+                    if id.is_none() {
+                        return Ok(None);
+                    }
+                    id
+                }
+                None => None,
+            };
+            let n = match user_id {
+                Some(id) => tx.execute("DELETE FROM sessions WHERE user_id = ?1", params![id])?,
+                None => tx.execute("DELETE FROM sessions", [])?,
+            };
+            tx.execute(
+                "INSERT INTO revocations (user_id, at) VALUES (?1, ?2)",
+                params![user_id, now],
+            )?;
+            tx.commit()?;
+            Ok(Some(n))
+        })
+        .await
+    }
+
+    /// The newest revocation record's number (0 when there is none).
+    pub async fn last_revocation(&self) -> Result<i64> {
+        self.run(|c| {
+            Ok(
+                c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM revocations")?
+                    .query_row([], |r| r.get(0))?,
+            )
+        })
+        .await
+    }
+
+    /// Revocations after `seq`: `(seq, user_id)`, `None` meaning every session.
+    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Option<i64>)>> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, user_id FROM revocations WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let rows = st
+                .query_map(params![seq], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Confirmed, live sessions, newest first, optionally of one address.
+    pub async fn list_sessions(&self, email: Option<String>, now: i64) -> Result<Vec<SessionRow>> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT s.id, u.email, s.created_at, s.last_seen_at, s.expires_at, s.ip, s.user_agent
+                   FROM sessions s JOIN users u ON u.id = s.user_id
+                  WHERE s.confirmed = 1 AND s.expires_at > ?1 AND (?2 IS NULL OR u.email = ?2)
+                  ORDER BY s.created_at DESC",
+            )?;
+            let rows = st
+                .query_map(params![now, email], |r| {
+                    Ok(SessionRow {
+                        id: r.get(0)?,
+                        email: r.get(1)?,
+                        created_at: r.get(2)?,
+                        last_seen_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                        ip: r.get(5)?,
+                        user_agent: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -679,6 +778,11 @@ impl Store {
             n += c.execute(
                 "DELETE FROM outbox WHERE state != 'queued' AND created_at <= ?1",
                 params![now - 7 * 86400],
+            )?;
+            // Servers poll every second; a day-old record has been seen by all of them.
+            n += c.execute(
+                "DELETE FROM revocations WHERE at <= ?1 AND seq < (SELECT MAX(seq) FROM revocations)",
+                params![now - 86400],
             )?;
             Ok(n)
         })
