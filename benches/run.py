@@ -120,14 +120,15 @@ transport = "log"
     return p
 
 
-def seeded_db(dirpath, n):
-    """A migrated database with n users and sessions; returns the tokens file (working set)."""
+def seeded_db(dirpath, n, w=None):
+    """A migrated database with n users and sessions; returns the tokens file (the first w
+    cookie values: the working set)."""
     port = free_port()
     p = authbase(dirpath, port)
     stop(p)
     tokens = os.path.join(dirpath, "tokens.txt")
     subprocess.run([sys.executable, os.path.join(BENCH, "seed.py"), os.path.join(dirpath, "authbase.db"),
-                    str(n), str(min(n, WORKING_SET)), tokens], check=True)
+                    str(n), str(w if w is not None else min(n, WORKING_SET)), tokens], check=True)
     return tokens
 
 
@@ -190,7 +191,8 @@ def main():
     try:
         # --- 1. /verify vs the minimal hyper server -------------------------------------
         small = os.path.join(tmp, "small"); os.makedirs(small)
-        tokens_small = seeded_db(small, 1000)
+        # 1,000 sessions in the working set, plus one (user1000) for the revocation test.
+        tokens_small = seeded_db(small, 1001, 1000)
         bport = free_port()
         base = start([BASELINE, f"127.0.0.1:{bport}"])
         wait_http(f"http://127.0.0.1:{bport}/")
@@ -248,8 +250,8 @@ def main():
 
 def revocation_delay(dirpath, port, hdrs):
     """Revoke a cached session with the CLI (another process) and time until /verify says 401."""
-    user = "user999@example.com"
-    cookie = f"Cookie: session_id={__import__('seed').token(999)}"
+    user = "user1000@example.com"
+    cookie = f"Cookie: session_id={__import__('seed').token(1000)}"
     h = {k: v.strip() for k, v in (x.split(":", 1) for x in [cookie] + hdrs[1:])}
     url = f"http://127.0.0.1:{port}/verify"
     assert urllib.request.urlopen(urllib.request.Request(url, headers=h)).status == 200
