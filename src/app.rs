@@ -17,6 +17,8 @@ pub struct App {
     pub mail_wake: Arc<Notify>,
     /// Confirmed sessions, for `/verify` without a database round trip.
     pub sessions: SessionCache,
+    /// Session activity `(session_id, seen_at)` for the idle timeout, written in batches.
+    pub activity: tokio::sync::mpsc::Sender<(i64, i64)>,
 }
 
 impl App {

@@ -41,19 +41,21 @@ const SWEEP_EVERY: Duration = Duration::from_secs(300);
 pub struct StartError(pub String);
 
 /// Everything `serve` needs that can fail, prepared before the listener is bound.
-pub fn prepare(cfg: Config) -> Result<(Arc<App>, mail::Mailer), StartError> {
+pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
     let cfg = Arc::new(cfg);
     let store = store::Store::open(cfg.database.as_ref(), Duration::from_secs(5))
         .map_err(|e| StartError(format!("database {}: {e}", cfg.database)))?;
     let key = secrets::ServerKey::load_or_create(&cfg.secret_key_path()).map_err(StartError)?;
     let transport = mail::Transport::from_config(&cfg).map_err(StartError)?;
     let wake = Arc::new(Notify::new());
+    let (activity, activity_queue) = tokio::sync::mpsc::channel(session::ACTIVITY_QUEUE);
     let app = Arc::new(App {
         cfg: cfg.clone(),
         store: store.clone(),
         key: key.clone(),
         mail_wake: wake.clone(),
         sessions: session::SessionCache::new(cfg.session.cache_entries),
+        activity,
     });
     let mailer = mail::Mailer {
         cfg,
@@ -62,14 +64,26 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, mail::Mailer), StartError> {
         transport,
         wake,
     };
-    Ok((app, mailer))
+    Ok((
+        app,
+        Background {
+            mailer,
+            activity_queue,
+        },
+    ))
+}
+
+/// The work `serve` runs beside the HTTP server.
+pub struct Background {
+    mailer: mail::Mailer,
+    activity_queue: tokio::sync::mpsc::Receiver<(i64, i64)>,
 }
 
 /// Serve on `listener` until `shutdown` resolves, with the mail sender and the sweeper
 /// running beside the HTTP server.
 pub async fn serve(
     app: Arc<App>,
-    mailer: mail::Mailer,
+    background: Background,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -77,7 +91,12 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mail_task = tokio::spawn(mailer.run(stop_rx.clone()));
+    let mail_task = tokio::spawn(background.mailer.run(stop_rx.clone()));
+    let activity_task = tokio::spawn(session::record_activity(
+        app.store.clone(),
+        background.activity_queue,
+        stop_rx.clone(),
+    ));
     let store = app.store.clone();
     let sweep_stop = stopped(stop_rx.clone());
     let sweep_task = tokio::spawn(async move {
@@ -99,7 +118,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // The mail sender stops between messages; a send in progress gets a bounded time.
     let (mail_abort, sweep_abort) = (mail_task.abort_handle(), sweep_task.abort_handle());
-    let both = async { tokio::join!(mail_task, sweep_task, revocations) };
+    let both = async { tokio::join!(mail_task, sweep_task, revocations, activity_task) };
     if tokio::time::timeout(server::DRAIN_TIMEOUT, both)
         .await
         .is_err()

@@ -154,7 +154,7 @@ fn serve(cfg: Config) -> ExitCode {
             tracing::warn!("{w}");
         }
         let public = cfg.public_base().to_string();
-        let (app, mailer) = match authbase::prepare(cfg) {
+        let (app, background) = match authbase::prepare(cfg) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("authbase: {e}");
@@ -173,7 +173,7 @@ fn serve(cfg: Config) -> ExitCode {
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
-        authbase::serve(app, mailer, listener, shutdown_signal()).await;
+        authbase::serve(app, background, listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
 }

@@ -31,10 +31,43 @@ pub const CACHE_TTL: Duration = Duration::from_secs(300);
 pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
 const SHARDS: usize = 16;
 
-/// Activity is written at most once a minute (or a quarter of a short idle timeout), so
-/// reads stay reads while the idle timeout stays accurate.
+/// Activity is recorded at most every 2% of the idle timeout (at most hourly), so reads
+/// stay reads: 7 days idle -> once an hour per session, 2 s idle -> every request.
 fn touch_every(idle: i64) -> i64 {
-    (idle / 4).min(60)
+    (idle / 50).min(3600)
+}
+
+/// Queued activity records are written this often, all in one transaction.
+const ACTIVITY_FLUSH: Duration = Duration::from_secs(1);
+/// Activity records waiting to be written at most; beyond it they are dropped (a lost
+/// record can only end an idle session a little early).
+pub const ACTIVITY_QUEUE: usize = 65_536;
+
+/// Write queued activity records (`(session_id, seen_at)`) once a second until `stop`,
+/// then write what is left.
+pub async fn record_activity(
+    store: crate::store::Store,
+    mut queue: tokio::sync::mpsc::Receiver<(i64, i64)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.wait_for(|s| *s) => true,
+            _ = tokio::time::sleep(ACTIVITY_FLUSH) => false,
+        };
+        let mut batch = Vec::new();
+        while let Ok(x) = queue.try_recv() {
+            batch.push(x);
+        }
+        if !batch.is_empty() {
+            if let Err(e) = store.touch_many(batch).await {
+                tracing::warn!(error = %e, "could not record session activity");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// A signed-in session, with its identity headers rendered once for `/verify`.
@@ -194,14 +227,8 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
             }
             if idle > 0 && t - e.last_seen_at >= touch_every(idle) {
                 cache.set_last_seen(&hash, t);
-                // Off the request path: a lost touch only shortens an idle session.
-                let store = app.store.clone();
-                let id = e.user.user.session_id;
-                tokio::spawn(async move {
-                    if let Err(err) = store.touch(id, t).await {
-                        tracing::warn!(error = %err, "could not record session activity");
-                    }
-                });
+                // Off the request path, written in batches.
+                let _ = app.activity.try_send((e.user.user.session_id, t));
             }
             return Ok(Some(e.user));
         }
@@ -215,7 +242,7 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
         return Ok(None);
     }
     if idle > 0 && t - s.last_seen_at >= touch_every(idle) {
-        app.store.touch(s.session_id, t).await?;
+        let _ = app.activity.try_send((s.session_id, t));
         s.last_seen_at = t;
     }
     let signed = Arc::new(Signed::new(s));

@@ -312,11 +312,18 @@ impl Store {
         .await
     }
 
-    /// Record activity for the idle timeout. Never moves `expires_at`.
-    pub async fn touch(&self, session_id: i64, now: i64) -> Result<()> {
+    /// Record activity for the idle timeout, many sessions in one transaction:
+    /// `(session_id, seen_at)`. Never moves `expires_at`.
+    pub async fn touch_many(&self, seen: Vec<(i64, i64)>) -> Result<()> {
         self.write(move |c| {
-            c.prepare_cached("UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1")?
-                .execute(params![session_id, now])?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (id, at) in seen {
+                tx.prepare_cached(
+                    "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?2) WHERE id = ?1",
+                )?
+                .execute(params![id, at])?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
