@@ -44,7 +44,6 @@ pub struct Message<'a> {
     pub reference: Option<&'a str>,
     pub link_href: Option<&'a str>,
     pub link_label: &'a str,
-    pub sign_out: bool,
 }
 
 impl<'a> Message<'a> {
@@ -56,7 +55,6 @@ impl<'a> Message<'a> {
             reference: None,
             link_href: None,
             link_label: "",
-            sign_out: false,
         }
     }
     pub fn link(mut self, href: &'a str, label: &'a str) -> Self {

@@ -57,12 +57,6 @@ pub fn refusal(ctx: &Ctx, r: Refusal) -> web::Result<Resp> {
             "Too many wrong codes",
             "Too many wrong codes were entered for this address. Use the link in the email, or try again later.",
         ),
-        Refusal::Blocked => (
-            StatusCode::FORBIDDEN,
-            "blocked",
-            "Sign-in not possible",
-            "This account cannot sign in.",
-        ),
     };
     if ctx.wants_json {
         return Ok(web::json(

@@ -122,14 +122,12 @@ pub enum Refusal {
     Expired,
     /// Already used (or already approved).
     Used,
-    /// Cancelled ("this wasn't me", too many wrong codes or numbers, or superseded).
+    /// Cancelled ("this wasn't me", or too many wrong codes or numbers).
     Cancelled,
     /// Wrong code or number; attempts remain.
     Wrong,
     /// Wrong code or number, and that was the last attempt: the request is cancelled.
     Locked,
-    /// The user is blocked.
-    Blocked,
     /// Too many wrong codes for this address recently, across its requests.
     Throttled,
 }
