@@ -104,16 +104,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tokio runtime: multi-threaded for the server, one thread for admin commands.
+fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().map_err(|e| {
+        eprintln!("authbase: cannot start the runtime: {e}");
+        ExitCode::from(EXIT_UNAVAILABLE)
+    })
+}
+
 fn admin(cfg: Config, command: SessionsCommand) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("authbase: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_UNAVAILABLE);
-        }
+        Err(code) => return code,
     };
     let out = rt.block_on(async {
         match command {
@@ -138,15 +145,9 @@ fn admin(cfg: Config, command: SessionsCommand) -> ExitCode {
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("authbase: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_UNAVAILABLE);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let addr = cfg.listen_addr();
