@@ -55,12 +55,18 @@ impl Ctx {
 
 /// JSON when the client asks for it (`Accept: application/json`, or it sent JSON).
 pub fn wants_json(h: &HeaderMap) -> bool {
-    let has = |name: HeaderName| {
-        h.get(name)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("application/json"))
-    };
-    has(header::ACCEPT) || has(header::CONTENT_TYPE)
+    header_has(h, &header::ACCEPT, b"application/json")
+        || header_has(h, &header::CONTENT_TYPE, b"application/json")
+}
+
+/// Whether header `name` contains `needle` (lowercase ASCII), ignoring case, without
+/// allocating: this runs on every request.
+pub fn header_has(h: &HeaderMap, name: &HeaderName, needle: &[u8]) -> bool {
+    h.get(name).is_some_and(|v| {
+        v.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    })
 }
 
 pub fn user_agent(h: &HeaderMap) -> String {
@@ -414,6 +420,20 @@ mod tests {
             "an origin has no path"
         );
         assert!(origin_allowed("http://app.example.com", &cfg(false)));
+    }
+
+    #[test]
+    fn content_negotiation_ignores_case() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_json(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, Application/JSON;q=0.9"),
+        );
+        assert!(wants_json(&h));
+        assert!(header_has(&h, &header::ACCEPT, b"text/html"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        assert!(!wants_json(&h));
     }
 
     #[test]

@@ -13,13 +13,15 @@
 //! empty body. No other answer carries identity headers. No body is read.
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, ACCEPT, LOCATION};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, LOCATION};
 use hyper::{Request, StatusCode};
 
 use crate::error::AppError;
 use crate::forwarded;
 use crate::session;
 use crate::web::{self, Ctx, Resp};
+
+static X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -85,13 +87,10 @@ fn header_value(s: &str) -> web::Result<HeaderValue> {
 /// (tell it 401): one that does not ask for JSON and is not an XHR (the caller checks
 /// the method is GET or HEAD).
 fn is_page_request(h: &HeaderMap) -> bool {
-    let accept = h
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if accept.contains("application/json") && !accept.contains("text/html") {
+    if web::header_has(h, &ACCEPT, b"application/json")
+        && !web::header_has(h, &ACCEPT, b"text/html")
+    {
         return false;
     }
-    !h.contains_key("x-requested-with")
+    !h.contains_key(&X_REQUESTED_WITH)
 }
