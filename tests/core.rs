@@ -848,6 +848,11 @@ async fn limits_and_precise_errors() {
         .header("content-security-policy")
         .unwrap()
         .contains("frame-ancestors 'none'"));
+    // More than 100 request headers: 431, not a panic or a 2xx.
+    let many: Vec<(String, String)> = (0..101).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = send(&ab.addr, Method::GET, "/healthz", &refs, Bytes::new()).await;
+    assert_eq!(r.status, 431);
     assert_eq!(ab.browser().get("/healthz").await.status, 200);
     assert_eq!(ab.browser().get("/readyz").await.status, 200);
 }
