@@ -75,6 +75,40 @@ const STEPS: &[&str] = &[
         at       INTEGER NOT NULL
     );
     "#,
+    // 4: access control and the audit trail.
+    // - users.invited: added by an admin (`authbase users add`), so allowed to sign in
+    //   whatever [access] allowed_domains / allowed_emails say.
+    // - user_groups: group membership managed from the CLI (config groups live in config).
+    // - audit: security events, newest last.
+    // - servers: running servers and the last revocation record each has applied, so
+    //   the admin CLI can wait until every running server has evicted what it revoked.
+    r#"
+    ALTER TABLE users ADD COLUMN invited INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE user_groups (
+        user_id  INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name     TEXT NOT NULL,
+        PRIMARY KEY (user_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        event       TEXT NOT NULL,
+        email       TEXT NOT NULL DEFAULT '',
+        user_id     INTEGER,
+        ip          TEXT NOT NULL DEFAULT '',
+        user_agent  TEXT NOT NULL DEFAULT '',
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX audit_email ON audit(email COLLATE NOCASE, at);
+    CREATE TABLE servers (
+        id            TEXT PRIMARY KEY,
+        pid           INTEGER NOT NULL,
+        started_at    INTEGER NOT NULL,
+        seen_seq      INTEGER NOT NULL,
+        heartbeat_at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
