@@ -19,6 +19,10 @@ pub struct App {
     pub sessions: SessionCache,
     /// Session activity `(session_id, seen_at)` for the idle timeout, written in batches.
     pub activity: tokio::sync::mpsc::Sender<(i64, i64)>,
+    /// Rate limits (in memory).
+    pub limits: crate::limits::Limits,
+    /// The audit trail.
+    pub audit: crate::audit::Audit,
 }
 
 impl App {

@@ -18,7 +18,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn err(key: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn err(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_string(),
         message: message.into(),
@@ -97,6 +97,9 @@ pub struct Config {
     pub email: EmailConfig,
     pub server: ServerConfig,
     pub cors: CorsConfig,
+    pub access: AccessConfig,
+    pub limits: LimitsConfig,
+    pub audit: AuditConfig,
     /// Derived at validation; never read from the file.
     #[serde(skip)]
     pub derived: Derived,
@@ -114,6 +117,8 @@ pub struct Derived {
     pub trusted_proxies: Vec<IpNet>,
     pub smtp_password: Option<String>,
     pub cookie_domain: Option<String>,
+    /// `[access]`, compiled.
+    pub access: crate::access::Policy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +172,136 @@ pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// `[access]`: who may sign in, and who may reach which host.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Domains whose addresses may sign in (`example.com`, or `*.example.com` for its
+    /// subdomains). Empty together with `allowed_emails`: anyone may sign up.
+    pub allowed_domains: Vec<String>,
+    pub allowed_emails: Vec<String>,
+    /// Group name -> member addresses (added to the groups set with the CLI).
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Per-host rules, first match wins.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One `[[access.rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub host: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    #[serde(default)]
+    pub emails: Vec<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+fn default_policy() -> String {
+    "allow".into()
+}
+
+/// A rate limit written as `5/1h` (at most 5 in any window of an hour that starts with
+/// the first one), or `off`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub Option<(u32, Duration)>);
+
+impl fmt::Debug for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((n, w)) => write!(f, "{n}/{}s", w.as_secs()),
+            None => write!(f, "off"),
+        }
+    }
+}
+
+impl Rate {
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(Rate(None));
+        }
+        let (n, w) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a rate like \"5/1h\" (or \"off\")"))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{s}`: the count must be a whole number above 0"))?;
+        let w = Dur::parse(w)?;
+        if w.0 < Duration::from_secs(1) || w.0 > Duration::from_secs(7 * 86400) {
+            return Err(format!("`{s}`: the window must be between 1s and 7d"));
+        }
+        Ok(Rate(Some((n, w.0))))
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Rate::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[limits]`: abuse protection, held in memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sign-in emails one address can ask for.
+    pub sign_in_per_address: Rate,
+    /// The least time between two sign-in requests for one address.
+    pub sign_in_address_gap: Dur,
+    /// Sign-in requests from one client IP (IPv6: one /64).
+    pub sign_in_per_ip: Rate,
+    /// Sign-in requests overall: the ceiling on sign-in mail sent.
+    pub sign_in_global: Rate,
+    /// One-time codes one client IP can submit.
+    pub codes_per_ip: Rate,
+    /// Unknown or malformed sign-in links one client IP can open.
+    pub unknown_links_per_ip: Rate,
+    /// Keys (addresses, IPs) each limit remembers at most.
+    pub tracked_keys: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let r = |s: &str| Rate::parse(s).expect("valid default");
+        LimitsConfig {
+            sign_in_per_address: r("5/1h"),
+            sign_in_address_gap: Dur(Duration::from_secs(30)),
+            sign_in_per_ip: r("60/1h"),
+            sign_in_global: r("1000/1h"),
+            codes_per_ip: r("30/10m"),
+            unknown_links_per_ip: r("30/10m"),
+            tracked_keys: 100_000,
+        }
+    }
+}
+
+/// `[audit]`: the security event log in the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this are deleted (0 = keep forever).
+    pub retention: Dur,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: Dur(Duration::from_secs(90 * 86400)),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -183,6 +318,9 @@ impl Default for Config {
             email: EmailConfig::default(),
             server: ServerConfig::default(),
             cors: CorsConfig::default(),
+            access: AccessConfig::default(),
+            limits: LimitsConfig::default(),
+            audit: AuditConfig::default(),
             derived: Derived::default(),
         }
     }
@@ -494,6 +632,18 @@ impl Config {
         if v.max_body_bytes < 1024 {
             return Err(err("server.max_body_bytes", "must be at least 1024"));
         }
+
+        let l = &self.limits;
+        if l.tracked_keys < 16 || l.tracked_keys > 10_000_000 {
+            return Err(err(
+                "limits.tracked_keys",
+                "must be between 16 and 10000000",
+            ));
+        }
+        if l.sign_in_address_gap.0 > Duration::from_secs(86400) {
+            return Err(err("limits.sign_in_address_gap", "must be at most 1d"));
+        }
+        self.derived.access = crate::access::Policy::compile(&self.access)?;
         Ok(())
     }
 
@@ -528,6 +678,9 @@ impl Config {
             w.push(
                 "cookie.secure = false: set it to true when authbase is served over https".into(),
             );
+        }
+        if self.derived.access.open_sign_up() {
+            w.push("[access] allowed_domains and allowed_emails are empty: ANYONE with an email address can sign in (open sign-up)".into());
         }
         if self.cookie.same_site == "strict" {
             w.push("cookie.same_site = \"strict\": a link clicked in webmail arrives without the cookie, so it opens the \"other device\" page".into());

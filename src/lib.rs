@@ -4,13 +4,16 @@
 //! it can be tested without a process.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod email_addr;
 pub mod error;
 pub mod forwarded;
 pub mod handlers;
+pub mod limits;
 pub mod mail;
 pub mod net;
 pub mod pages;
@@ -49,6 +52,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
     let transport = mail::Transport::from_config(&cfg).map_err(StartError)?;
     let wake = Arc::new(Notify::new());
     let (activity, activity_queue) = tokio::sync::mpsc::channel(session::ACTIVITY_QUEUE);
+    let (audit, audit_queue) = audit::Audit::new();
     let app = Arc::new(App {
         cfg: cfg.clone(),
         store: store.clone(),
@@ -56,6 +60,8 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
         mail_wake: wake.clone(),
         sessions: session::SessionCache::new(cfg.session.cache_entries),
         activity,
+        limits: limits::Limits::new(&cfg.limits),
+        audit,
     });
     let mailer = mail::Mailer {
         cfg,
@@ -69,6 +75,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
         Background {
             mailer,
             activity_queue,
+            audit_queue,
         },
     ))
 }
@@ -77,6 +84,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
 pub struct Background {
     mailer: mail::Mailer,
     activity_queue: tokio::sync::mpsc::Receiver<(i64, i64)>,
+    audit_queue: tokio::sync::mpsc::Receiver<store::AuditEvent>,
 }
 
 /// Serve on `listener` until `shutdown` resolves, with the mail sender and the sweeper
@@ -97,12 +105,18 @@ pub async fn serve(
         background.activity_queue,
         stop_rx.clone(),
     ));
+    let audit_task = tokio::spawn(audit::run(
+        app.store.clone(),
+        background.audit_queue,
+        stop_rx.clone(),
+    ));
     let store = app.store.clone();
+    let retention = app.cfg.audit.retention.secs();
     let sweep_stop = stopped(stop_rx.clone());
     let sweep_task = tokio::spawn(async move {
         tokio::pin!(sweep_stop);
         loop {
-            match store.sweep(store::now()).await {
+            match store.sweep(store::now(), retention).await {
                 Ok(n) if n > 0 => tracing::info!(rows = n, "swept expired rows"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),
@@ -118,7 +132,15 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // The mail sender stops between messages; a send in progress gets a bounded time.
     let (mail_abort, sweep_abort) = (mail_task.abort_handle(), sweep_task.abort_handle());
-    let both = async { tokio::join!(mail_task, sweep_task, revocations, activity_task) };
+    let both = async {
+        tokio::join!(
+            mail_task,
+            sweep_task,
+            revocations,
+            activity_task,
+            audit_task
+        )
+    };
     if tokio::time::timeout(server::DRAIN_TIMEOUT, both)
         .await
         .is_err()

@@ -35,6 +35,17 @@ pub struct Confirm<'a> {
     pub error: Option<&'a str>,
 }
 
+/// 403 from `/verify`, shown on the protected app's host (so its links are absolute).
+#[derive(Template)]
+#[template(path = "forbidden.html")]
+pub struct Forbidden<'a> {
+    pub app_name: &'a str,
+    pub public_base: &'a str,
+    pub host: &'a str,
+    pub email: Option<&'a str>,
+    pub sign_in: &'a str,
+}
+
 #[derive(Template)]
 #[template(path = "message.html")]
 pub struct Message<'a> {

@@ -70,21 +70,50 @@ pub async fn record_activity(
     }
 }
 
-/// A signed-in session, with its identity headers rendered once for `/verify`.
+/// A signed-in session, with its access facts and identity headers worked out once, so
+/// `/verify` only compares.
 #[derive(Debug)]
 pub struct Signed {
     pub user: SessionUser,
+    /// The global policy admits this user (or an admin added them). Re-checked on every
+    /// re-read, so a user removed from `[access]` is refused at the next restart.
+    pub allowed: bool,
+    /// Groups from the database and from config, sorted, without duplicates.
+    pub groups: Vec<String>,
     /// `X-User-Id` and `X-User-Email` values; `None` if the stored address could not be
     /// a header value (addresses are validated ASCII, so this would be a bug: fail closed).
     pub headers: Option<(HeaderValue, HeaderValue)>,
+    /// `X-User-Groups`, when the user has any.
+    pub groups_header: Option<HeaderValue>,
 }
 
 impl Signed {
-    fn new(user: SessionUser) -> Signed {
+    pub fn new(user: SessionUser, policy: &crate::access::Policy) -> Signed {
         let headers = HeaderValue::from_str(&user.email)
             .ok()
             .map(|e| (HeaderValue::from(user.user_id), e));
-        Signed { user, headers }
+        let allowed = user.invited || policy.may_sign_in(&user.email);
+        let mut groups: Vec<String> = user
+            .groups
+            .iter()
+            .chain(policy.config_groups(&user.email))
+            .filter(|g| crate::access::valid_group(g))
+            .cloned()
+            .collect();
+        groups.sort();
+        groups.dedup();
+        let groups_header = if groups.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&groups.join(",")).ok()
+        };
+        Signed {
+            user,
+            allowed,
+            groups,
+            headers,
+            groups_header,
+        }
     }
 }
 
@@ -245,7 +274,7 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
         let _ = app.activity.try_send((s.session_id, t));
         s.last_seen_at = t;
     }
-    let signed = Arc::new(Signed::new(s));
+    let signed = Arc::new(Signed::new(s, &app.cfg.derived.access));
     cache.insert(hash, signed.clone(), epoch);
     Ok(Some(signed))
 }
@@ -303,7 +332,13 @@ mod tests {
             confirmed: true,
             last_seen_at: 0,
             expires_at: i64::MAX,
+            invited: false,
+            groups: vec![],
         }
+    }
+
+    fn signed(id: i64) -> Arc<Signed> {
+        Arc::new(Signed::new(user(id), &Default::default()))
     }
 
     #[test]
@@ -313,7 +348,7 @@ mod tests {
             let mut h = [0u8; 32];
             h[..4].copy_from_slice(&i.to_be_bytes());
             h[0] = (i % 256) as u8;
-            c.insert(h, Arc::new(Signed::new(user(i as i64))), 0);
+            c.insert(h, signed(i as i64), 0);
         }
         assert!(c.len() <= 160, "{}", c.len());
     }
@@ -324,13 +359,9 @@ mod tests {
         let h = [7u8; 32];
         let epoch = c.epoch.load(Ordering::Acquire);
         c.evict(&h); // sign-out lands while the lookup is in the database
-        c.insert(h, Arc::new(Signed::new(user(1))), epoch);
+        c.insert(h, signed(1), epoch);
         assert!(c.get(&h).is_none());
-        c.insert(
-            h,
-            Arc::new(Signed::new(user(1))),
-            c.epoch.load(Ordering::Acquire),
-        );
+        c.insert(h, signed(1), c.epoch.load(Ordering::Acquire));
         assert!(c.get(&h).is_some());
         c.evict(&h);
         assert!(c.get(&h).is_none());
@@ -339,8 +370,8 @@ mod tests {
     #[test]
     fn evict_user_forgets_only_that_user() {
         let c = SessionCache::new(100);
-        c.insert([1; 32], Arc::new(Signed::new(user(1))), 0);
-        c.insert([2; 32], Arc::new(Signed::new(user(2))), 0);
+        c.insert([1; 32], signed(1), 0);
+        c.insert([2; 32], signed(2), 0);
         c.evict_user(Some(1));
         assert!(c.get(&[1; 32]).is_none());
         assert!(c.get(&[2; 32]).is_some());
@@ -351,7 +382,7 @@ mod tests {
     #[test]
     fn zero_capacity_disables() {
         let c = SessionCache::new(0);
-        c.insert([1; 32], Arc::new(Signed::new(user(1))), 0);
+        c.insert([1; 32], signed(1), 0);
         assert!(c.is_empty());
     }
 }

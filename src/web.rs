@@ -30,6 +30,8 @@ pub struct Ctx {
     pub app: Arc<App>,
     pub client_ip: IpAddr,
     pub wants_json: bool,
+    /// For the audit trail (a cheap reference-counted copy).
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl Ctx {
@@ -49,6 +51,53 @@ impl Ctx {
             app,
             client_ip,
             wants_json,
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+
+    /// Record a security event with this request's client IP and user agent.
+    pub fn audit(
+        &self,
+        event: &'static str,
+        email: &str,
+        user_id: Option<i64>,
+        detail: impl Into<String>,
+    ) {
+        let ua = self
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let ua: String = ua.chars().take(256).collect();
+        self.app.audit.record(
+            event,
+            email,
+            user_id,
+            &self.client_ip.to_string(),
+            &ua,
+            detail,
+        );
+    }
+
+    /// Like `audit`, at most once a minute per `(event, key)`: for events an attacker can
+    /// repeat at will (refusals, rate limits, denied access).
+    pub fn audit_once(
+        &self,
+        event: &'static str,
+        key: &str,
+        email: &str,
+        user_id: Option<i64>,
+        detail: impl Into<String>,
+    ) {
+        let k = format!("{event}\0{key}");
+        if self
+            .app
+            .limits
+            .audit_echo
+            .hit(k.as_bytes(), std::time::Instant::now())
+            .is_ok()
+        {
+            self.audit(event, email, user_id, detail);
         }
     }
 }
@@ -369,7 +418,7 @@ pub fn security_headers(r: &mut Resp) {
     let is_html = h
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
-    if is_html {
+    if is_html && !h.contains_key("content-security-policy") {
         h.insert(
             "content-security-policy",
             HeaderValue::from_static(

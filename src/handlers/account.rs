@@ -11,6 +11,9 @@ use crate::web::{self, Ctx, Resp};
 
 pub async fn me(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     match session::current(&ctx.app, req.headers()).await? {
+        Some(s) if !s.allowed => Err(AppError::Forbidden(
+            "this address is no longer allowed to sign in here".into(),
+        )),
         Some(s) => Ok(web::json(
             StatusCode::OK,
             json!({ "id": s.user.user_id, "email_address": s.user.email }),
@@ -21,13 +24,17 @@ pub async fn me(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
 
 pub async fn sign_out(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     web::check_origin(req.headers(), &ctx.app)?;
+    let who = session::current(&ctx.app, req.headers()).await?;
     // Every value presented, so a duplicated cookie cannot keep a session alive.
     let mut ended = false;
     for hash in web::all_session_hashes(req.headers(), &ctx.app.cfg.cookie.name) {
         ended |= session::end(&ctx.app, hash).await?;
     }
     if ended {
-        tracing::info!("signed out");
+        match &who {
+            Some(s) => ctx.audit("signed_out", &s.user.email, Some(s.user.user_id), ""),
+            None => ctx.audit("signed_out", "", None, ""),
+        }
     }
     let mut r = if ctx.wants_json {
         web::json(StatusCode::OK, json!({ "status": "signed_out" }))

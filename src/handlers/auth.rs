@@ -65,6 +65,14 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     };
 
     let cfg = &ctx.app.cfg;
+    // Limits before any database work; the same answer whatever the address.
+    if let Err(l) = ctx
+        .app
+        .limits
+        .sign_in(ctx.client_ip, &email, std::time::Instant::now())
+    {
+        return super::rate_limited(ctx, l, &email);
+    }
     // A fresh session id, always: one the client brought is only ever deleted.
     let replaces = web::session_hash(&headers, &cfg.cookie.name);
     let (token, session_hash) = secrets::new_token();
@@ -89,21 +97,37 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             user_agent: ua,
             now: now(),
             link_ttl: cfg.session.link_ttl.secs(),
+            allowed: cfg.derived.access.may_sign_in(&email),
         })
         .await?;
     // After the delete, so a concurrent lookup cannot re-cache the old session.
     if let Some(old) = &replaces {
         ctx.app.sessions.evict(old);
     }
-    match &started {
-        Some(s) => {
-            tracing::info!(request_id = s.request_id, outbox_id = s.outbox_id, ip = %ctx.client_ip, "sign-in requested");
+    // The audit record was written with the request; this is its log line.
+    let (event, detail) = match &started {
+        Ok(s) => {
             ctx.app.mail_wake.notify_one();
+            ("sign_in_requested", format!("request {}", s.request_id))
         }
-        None => tracing::warn!(ip = %ctx.client_ip, "sign-in refused: user blocked"),
-    }
+        Err(why) => {
+            // Remember this browser, so its waiting page and code form behave as for
+            // a real request.
+            ctx.app.limits.decoys.insert(
+                session_hash,
+                crate::limits::Decoy {
+                    email: email.clone(),
+                    match_number: match_number.clone(),
+                    expires: std::time::Instant::now() + cfg.session.link_ttl.0,
+                },
+                std::time::Instant::now(),
+            );
+            ("sign_in_refused", why.as_str().to_string())
+        }
+    };
+    tracing::info!(target: "audit", event, email = %email, ip = %ctx.client_ip, detail = %detail, "audit");
 
-    // Same answer whether the address was known, new or blocked.
+    // Same answer whether the address was known, new, not allowed or blocked.
     let mut r = if ctx.wants_json {
         web::json(
             StatusCode::OK,
@@ -128,9 +152,9 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
 }
 
 /// A signed-in answer: the rotated cookie, then the landing page (or JSON naming it).
-pub fn signed_in_response(ctx: &Ctx, s: &SignedIn) -> Resp {
+pub fn signed_in_response(ctx: &Ctx, s: &SignedIn, how: &str) -> Resp {
     let to = ctx.app.landing(s.return_to.as_deref()).to_string();
-    tracing::info!(user_id = s.user_id, "signed in");
+    ctx.audit("sign_in_confirmed", &s.email, Some(s.user_id), how);
     let mut r = if ctx.wants_json {
         web::json(
             StatusCode::OK,
@@ -158,8 +182,24 @@ pub async fn wait(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         }
         None => WaitState::Gone(crate::store::Refusal::Unknown),
     };
+    if matches!(state, WaitState::Gone(crate::store::Refusal::Unknown)) {
+        if let Some(d) = decoy(ctx, req.headers()) {
+            if ctx.wants_json {
+                return Ok(web::json(StatusCode::OK, json!({ "status": "waiting" })));
+            }
+            return pages::render(
+                StatusCode::OK,
+                &CheckEmail {
+                    app_name: ctx.app.name(),
+                    email: &d.email,
+                    match_number: &d.match_number,
+                    error: None,
+                },
+            );
+        }
+    }
     match state {
-        WaitState::SignedIn(s) => Ok(signed_in_response(ctx, &s)),
+        WaitState::SignedIn(s) => Ok(signed_in_response(ctx, &s, "approved on another device")),
         WaitState::Waiting {
             email,
             match_number,
@@ -204,8 +244,18 @@ pub async fn wait(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     }
 }
 
+/// The refused-sign-in stand-in for this browser's cookie, if it has one.
+fn decoy(ctx: &Ctx, h: &hyper::HeaderMap) -> Option<crate::limits::Decoy> {
+    let hash = web::session_hash(h, &ctx.app.cfg.cookie.name)?;
+    ctx.app.limits.decoys.get(&hash, std::time::Instant::now())
+}
+
 pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     web::check_origin(req.headers(), &ctx.app)?;
+    let ip = crate::limits::ip_key(ctx.client_ip);
+    if let Err(l) = ctx.app.limits.codes_ip.hit(&ip, std::time::Instant::now()) {
+        return super::rate_limited(ctx, l, "");
+    }
     let (headers, body) = web::read_body(req, ctx.app.cfg.server.max_body_bytes).await?;
     let form = web::parse_form(&headers, body).await?;
     let code: String = form
@@ -219,7 +269,7 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     }
     let cfg = &ctx.app.cfg;
     let Some(hash) = web::session_hash(&headers, &cfg.cookie.name) else {
-        return super::refusal(ctx, crate::store::Refusal::Unknown);
+        return super::refused(ctx, crate::store::Refusal::Unknown, "", "code");
     };
     let out = ctx
         .app
@@ -237,13 +287,48 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             },
         )
         .await?;
+    let out = match out {
+        // A refused address's browser: wrong, like any guess at a real request.
+        Err(crate::store::Refusal::Unknown) => match decoy(ctx, &headers) {
+            Some(d) => {
+                if ctx.wants_json {
+                    return super::refused(ctx, crate::store::Refusal::Wrong, &d.email, "code");
+                }
+                ctx.audit_once(
+                    "confirm_refused",
+                    &format!("code\0{}", ctx.client_ip),
+                    &d.email,
+                    None,
+                    "code: wrong",
+                );
+                return pages::render(
+                    StatusCode::BAD_REQUEST,
+                    &CheckEmail {
+                        app_name: ctx.app.name(),
+                        email: &d.email,
+                        match_number: &d.match_number,
+                        error: Some("That code is not right. Check the email and try again."),
+                    },
+                );
+            }
+            None => Err(crate::store::Refusal::Unknown),
+        },
+        other => other,
+    };
     match out {
-        Ok(s) => Ok(signed_in_response(ctx, &s)),
+        Ok(s) => Ok(signed_in_response(ctx, &s, "code")),
         Err(crate::store::Refusal::Wrong) => {
             tracing::warn!(ip = %ctx.client_ip, "wrong sign-in code");
             if ctx.wants_json {
-                return super::refusal(ctx, crate::store::Refusal::Wrong);
+                return super::refused(ctx, crate::store::Refusal::Wrong, "", "code");
             }
+            ctx.audit_once(
+                "confirm_refused",
+                &format!("code\0{}", ctx.client_ip),
+                "",
+                None,
+                "code: wrong",
+            );
             // Show the waiting page again, with the error.
             match ctx
                 .app
@@ -264,7 +349,9 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                         error: Some("That code is not right. Check the email and try again."),
                     },
                 ),
-                WaitState::SignedIn(s) => Ok(signed_in_response(ctx, &s)),
+                WaitState::SignedIn(s) => {
+                    Ok(signed_in_response(ctx, &s, "approved on another device"))
+                }
                 WaitState::Gone(r) => super::refusal(ctx, r),
             }
         }
@@ -278,7 +365,7 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 }
                 _ => {}
             }
-            super::refusal(ctx, r)
+            super::refused(ctx, r, "", "code")
         }
     }
 }

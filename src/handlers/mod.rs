@@ -12,6 +12,67 @@ use crate::pages::{self, Message};
 use crate::store::Refusal;
 use crate::web::{self, Ctx, Resp};
 
+/// A request over one of the `[limits]`: 429 with `Retry-After`, the same for every
+/// address, audited at most once a minute per limit and key.
+pub fn rate_limited(ctx: &Ctx, l: crate::limits::Limited, email: &str) -> web::Result<Resp> {
+    let secs = l.retry_secs();
+    tracing::warn!(ip = %ctx.client_ip, limit = l.limit, retry_after = secs, "rate limited");
+    ctx.audit_once(
+        "rate_limited",
+        &format!("{}\0{}\0{email}", l.limit, ctx.client_ip),
+        email,
+        None,
+        l.limit,
+    );
+    let wait = if secs < 90 {
+        format!("{secs} seconds")
+    } else {
+        format!("{} minutes", secs.div_ceil(60))
+    };
+    let text = format!("Too many requests. Try again in {wait}.");
+    let mut r = if ctx.wants_json {
+        web::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({ "error": "rate_limited", "message": text, "retry_after": secs }),
+        )
+    } else {
+        pages::render(
+            StatusCode::TOO_MANY_REQUESTS,
+            &Message::new(ctx.app.name(), "Please wait a moment", &text).link("/", "Back"),
+        )?
+    };
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(secs),
+    );
+    Ok(r)
+}
+
+/// `refusal`, recorded in the audit trail (once a minute per client and kind).
+pub fn refused(ctx: &Ctx, r: Refusal, email: &str, what: &str) -> web::Result<Resp> {
+    let kind = refusal_code(r);
+    ctx.audit_once(
+        "confirm_refused",
+        &format!("{kind}\0{}\0{email}", ctx.client_ip),
+        email,
+        None,
+        format!("{what}: {kind}"),
+    );
+    refusal(ctx, r)
+}
+
+fn refusal_code(r: Refusal) -> &'static str {
+    match r {
+        Refusal::Unknown => "unknown",
+        Refusal::Expired => "expired",
+        Refusal::Used => "used",
+        Refusal::Cancelled => "cancelled",
+        Refusal::Locked => "locked",
+        Refusal::Wrong => "wrong",
+        Refusal::Throttled => "throttled",
+    }
+}
+
 /// The page or JSON for a link, code or approval that did not work.
 pub fn refusal(ctx: &Ctx, r: Refusal) -> web::Result<Resp> {
     let (status, code, title, text) = match r {

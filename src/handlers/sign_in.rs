@@ -17,15 +17,38 @@ use crate::store::{now, Refusal, RequestInfo};
 use crate::web::{self, Ctx, Resp};
 
 use super::auth::signed_in_response;
-use super::refusal;
+use super::{refusal, refused};
+use std::time::Instant;
 
 fn link_hash(secret: &str) -> Option<Hash> {
     secrets::well_formed(secret).then(|| secrets::hash(secret))
 }
 
+/// Unknown links per client IP: refused before any lookup once over the limit.
+fn over_unknown_limit(ctx: &Ctx) -> Option<crate::limits::Limited> {
+    ctx.app
+        .limits
+        .unknown_links_ip
+        .check(&crate::limits::ip_key(ctx.client_ip), Instant::now())
+        .err()
+}
+
+/// An unknown (or malformed) link: counted against the client IP, audited, refused.
+fn unknown(ctx: &Ctx) -> web::Result<Resp> {
+    let _ = ctx
+        .app
+        .limits
+        .unknown_links_ip
+        .hit(&crate::limits::ip_key(ctx.client_ip), Instant::now());
+    refused(ctx, Refusal::Unknown, "", "link")
+}
+
 pub async fn show(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result<Resp> {
+    if let Some(l) = over_unknown_limit(ctx) {
+        return super::rate_limited(ctx, l, "");
+    }
     let Some(lh) = link_hash(secret) else {
-        return refusal(ctx, Refusal::Unknown);
+        return unknown(ctx);
     };
     let cfg = &ctx.app.cfg;
     if req.method() == Method::GET {
@@ -36,23 +59,26 @@ pub async fn show(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Resul
                 .confirm_same_browser(lh, sh, now(), cfg.session.lifetime.secs())
                 .await?
             {
-                Ok(s) => return Ok(signed_in_response(ctx, &s)),
+                Ok(s) => return Ok(signed_in_response(ctx, &s, "link")),
                 Err(Refusal::Unknown) => {} // not the asking browser: offer the choices
-                Err(r) => return refusal(ctx, r),
+                Err(r) => return refused(ctx, r, "", "link"),
             }
         }
     }
     match ctx.app.store.request_by_link(lh).await? {
-        None => refusal(ctx, Refusal::Unknown),
-        Some(r) if !r.live(now()) => refusal(ctx, state_refusal(&r)),
+        None => unknown(ctx),
+        Some(r) if !r.live(now()) => refused(ctx, state_refusal(&r), &r.email, "link"),
         Some(r) => choices(ctx, &r, secret, StatusCode::OK, None),
     }
 }
 
 pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result<Resp> {
     web::check_origin(req.headers(), &ctx.app)?;
+    if let Some(l) = over_unknown_limit(ctx) {
+        return super::rate_limited(ctx, l, "");
+    }
     let Some(lh) = link_hash(secret) else {
-        return refusal(ctx, Refusal::Unknown);
+        return unknown(ctx);
     };
     let ua = web::user_agent(req.headers());
     let (headers, body) = web::read_body(req, ctx.app.cfg.server.max_body_bytes).await?;
@@ -76,9 +102,10 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                     if let Some(old) = web::session_hash(&headers, &cfg.cookie.name) {
                         crate::session::end(&ctx.app, old).await?;
                     }
-                    Ok(signed_in_response(ctx, &s))
+                    Ok(signed_in_response(ctx, &s, "link, on this device"))
                 }
-                Err(r) => refusal(ctx, r),
+                Err(Refusal::Unknown) => unknown(ctx),
+                Err(r) => refused(ctx, r, "", "sign in here"),
             }
         }
         Some("approve") => {
@@ -96,8 +123,13 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                 .approve(lh, number, now(), cfg.session.match_attempts)
                 .await?
             {
-                Ok(_) => {
-                    tracing::info!(ip = %ctx.client_ip, "waiting browser approved");
+                Ok(r) => {
+                    ctx.audit(
+                        "sign_in_approved",
+                        &r.email,
+                        None,
+                        format!("request {}", r.id),
+                    );
                     if ctx.wants_json {
                         return Ok(web::json(StatusCode::OK, json!({ "status": "approved" })));
                     }
@@ -111,10 +143,16 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                     )
                 }
                 Err(Refusal::Wrong) => {
-                    tracing::warn!(ip = %ctx.client_ip, "wrong match number");
                     if ctx.wants_json {
-                        return refusal(ctx, Refusal::Wrong);
+                        return refused(ctx, Refusal::Wrong, "", "match number");
                     }
+                    ctx.audit_once(
+                        "confirm_refused",
+                        &format!("match\0{}", ctx.client_ip),
+                        "",
+                        None,
+                        "match number: wrong",
+                    );
                     match store.request_by_link(lh).await? {
                         Some(r) if r.live(now()) => choices(
                             ctx,
@@ -127,12 +165,18 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                         None => refusal(ctx, Refusal::Unknown),
                     }
                 }
-                Err(r) => refusal(ctx, r),
+                Err(Refusal::Unknown) => unknown(ctx),
+                Err(r) => refused(ctx, r, "", "match number"),
             }
         }
         Some("deny") => match store.cancel(lh, now()).await? {
             Ok(()) => {
-                tracing::warn!(ip = %ctx.client_ip, "sign-in request cancelled by the mailbox owner");
+                ctx.audit(
+                    "sign_in_denied",
+                    "",
+                    None,
+                    "\"this wasn't me\" on the link page",
+                );
                 if ctx.wants_json {
                     return Ok(web::json(StatusCode::OK, json!({ "status": "cancelled" })));
                 }
@@ -145,7 +189,8 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                     ),
                 )
             }
-            Err(r) => refusal(ctx, r),
+            Err(Refusal::Unknown) => unknown(ctx),
+            Err(r) => refused(ctx, r, "", "deny"),
         },
         _ => Err(AppError::BadRequest(
             "choose one of: this_device, approve, deny".into(),

@@ -9,15 +9,23 @@
 //!   answer to the client): 200 signed in, 302 to the sign-in page for page requests,
 //!   401 for API requests.
 //!
-//! A signed-in answer carries `X-User-Id` and `X-User-Email`, exactly once each, and an
-//! empty body. No other answer carries identity headers. No body is read.
+//! `[access]` rules are applied first (see `access`): a `bypass` rule answers 200 without
+//! identity, a `deny` rule 403; a signed-in user that the global policy or the matching
+//! `allow` rule does not admit gets 403 with a page saying so (audited once a minute per
+//! user and host).
+//!
+//! A signed-in answer carries `X-User-Id` and `X-User-Email` (and `X-User-Groups` when
+//! the user has groups), exactly once each, and an empty body. No other answer carries
+//! identity headers. No body is read.
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, LOCATION};
 use hyper::{Request, StatusCode};
 
+use crate::access::RulePolicy;
 use crate::error::AppError;
-use crate::forwarded;
+use crate::forwarded::{self, Original};
+use crate::pages;
 use crate::session;
 use crate::web::{self, Ctx, Resp};
 
@@ -37,7 +45,34 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
         tracing::warn!(error = %e, "verify: refusing malformed forwarded headers");
         AppError::BadRequest(e.to_string())
     })?;
+    let policy = &ctx.app.cfg.derived.access;
+    let rule = if policy.has_rules() {
+        policy.rule_for(original.host(), original.path)
+    } else {
+        None
+    };
+    match rule.map(|r| r.policy) {
+        Some(RulePolicy::Bypass) => return Ok(web::empty(StatusCode::OK)),
+        Some(RulePolicy::Deny) => return forbidden(ctx, &original, None, h),
+        _ => {}
+    }
     if let Some(signed) = session::current(&ctx.app, h).await? {
+        let admitted =
+            signed.allowed && rule.is_none_or(|r| r.admits(&signed.user.email, &signed.groups));
+        if !admitted {
+            let why = match rule {
+                Some(r) if signed.allowed => format!("rule {}", r.index),
+                _ => "not allowed to sign in".to_string(),
+            };
+            ctx.audit_once(
+                "access_denied",
+                &format!("{}\0{}", signed.user.user_id, original.host()),
+                &signed.user.email,
+                Some(signed.user.user_id),
+                format!("{}{} ({why})", original.host(), original.path),
+            );
+            return forbidden(ctx, &original, Some(&signed.user.email), h);
+        }
         let (id, email) = signed
             .headers
             .clone()
@@ -46,13 +81,12 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
         let hs = r.headers_mut();
         hs.insert("x-user-id", id);
         hs.insert("x-user-email", email);
+        if let Some(g) = &signed.groups_header {
+            hs.insert("x-user-groups", g.clone());
+        }
         return Ok(r);
     }
-    let signin = format!(
-        "{}/?rd={}",
-        ctx.app.cfg.public_base(),
-        url::form_urlencoded::byte_serialize(original.url().as_bytes()).collect::<String>()
-    );
+    let signin = sign_in_url(ctx, &original);
     let page = original.is_read() && is_page_request(h);
     let mut r = match style {
         Style::Redirect if page => {
@@ -75,6 +109,49 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
     };
     r.headers_mut()
         .insert("www-authenticate", HeaderValue::from_static("authbase"));
+    Ok(r)
+}
+
+fn sign_in_url(ctx: &Ctx, original: &Original) -> String {
+    format!(
+        "{}/?rd={}",
+        ctx.app.cfg.public_base(),
+        url::form_urlencoded::byte_serialize(original.url().as_bytes()).collect::<String>()
+    )
+}
+
+/// 403: a page for browsers (shown on the app's host, so it links to authbase by its
+/// public URL), JSON for scripts. Never identity headers.
+fn forbidden(
+    ctx: &Ctx,
+    original: &Original,
+    email: Option<&str>,
+    h: &HeaderMap,
+) -> web::Result<Resp> {
+    if !is_page_request(h) || ctx.wants_json {
+        return Ok(web::json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({ "error": "forbidden", "message": format!("no access to {}", original.host()) }),
+        ));
+    }
+    let signin = sign_in_url(ctx, original);
+    let mut r = pages::render(
+        StatusCode::FORBIDDEN,
+        &pages::Forbidden {
+            app_name: ctx.app.name(),
+            public_base: ctx.app.cfg.public_base(),
+            host: original.host(),
+            email,
+            sign_in: &signin,
+        },
+    )?;
+    let origin = &ctx.app.cfg.derived.public_origin;
+    r.headers_mut().insert(
+        "content-security-policy",
+        header_value(&format!(
+            "default-src 'none'; style-src {origin}; form-action {origin}; base-uri 'none'; frame-ancestors 'none'"
+        ))?,
+    );
     Ok(r)
 }
 

@@ -70,6 +70,10 @@ pub struct SessionUser {
     pub confirmed: bool,
     pub last_seen_at: i64,
     pub expires_at: i64,
+    /// Added by an admin: may sign in whatever the global policy says.
+    pub invited: bool,
+    /// Groups given with the CLI, sorted (config groups are added by the caller).
+    pub groups: Vec<String>,
 }
 
 /// A session as the admin CLI lists it (no secret in it).
@@ -113,6 +117,36 @@ pub struct Started {
     pub outbox_id: i64,
 }
 
+/// Why `start_sign_in` sent no email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStarted {
+    /// `[access]` does not admit the address and no admin added it.
+    NotAllowed,
+    /// An admin blocked the user.
+    Blocked,
+}
+
+impl NotStarted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStarted::NotAllowed => "not allowed",
+            NotStarted::Blocked => "blocked",
+        }
+    }
+}
+
+/// A security event for the audit table.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub event: &'static str,
+    pub email: String,
+    pub user_id: Option<i64>,
+    pub ip: String,
+    pub user_agent: String,
+    pub detail: String,
+}
+
 /// Why a link, code or approval did not sign anyone in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -146,6 +180,7 @@ pub struct SignedIn {
     pub token: String,
     pub return_to: Option<String>,
     pub user_id: i64,
+    pub email: String,
 }
 
 /// What the waiting browser learns when it asks about its request.
@@ -195,6 +230,8 @@ pub struct NewSignIn {
     pub user_agent: String,
     pub now: i64,
     pub link_ttl: i64,
+    /// The global `[access]` policy admits the address (admin-added users pass anyway).
+    pub allowed: bool,
 }
 
 type Conn = PooledConnection<SqliteConnectionManager>;
@@ -290,7 +327,10 @@ impl Store {
     pub async fn session(&self, hash: Hash, now: i64, idle: i64) -> Result<Option<SessionUser>> {
         self.run(move |c| {
             Ok(c.prepare_cached(
-                "SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at, s.expires_at
+                "SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at, s.expires_at,
+                        u.invited,
+                        (SELECT group_concat(name, ',') FROM
+                           (SELECT name FROM user_groups WHERE user_id = u.id ORDER BY name))
                    FROM sessions s JOIN users u ON u.id = s.user_id
                   WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.blocked = 0
                     AND (?3 = 0 OR s.confirmed = 0 OR s.last_seen_at + ?3 > ?2)",
@@ -303,6 +343,11 @@ impl Store {
                     confirmed: r.get(3)?,
                     last_seen_at: r.get(4)?,
                     expires_at: r.get(5)?,
+                    invited: r.get(6)?,
+                    groups: r
+                        .get::<_, Option<String>>(7)?
+                        .map(|g| g.split(',').map(str::to_string).collect())
+                        .unwrap_or_default(),
                 })
             })
             .optional()?)
@@ -426,14 +471,16 @@ impl Store {
     }
 
     /// Create the user if new, a pending session for this browser, the sign-in request,
-    /// and its queued email — in one transaction. `None` when the user is blocked.
-    /// Create the user if new, a pending session for this browser, the sign-in request,
-    /// and its queued email, atomically. `None` when the user is blocked.
+    /// its queued email and the audit record, atomically; or, for an address that
+    /// `[access]` does not admit or a blocked user, only the audit record.
     ///
     /// Sign-ins are group-committed: a dedicated writer thread takes every request that
     /// is waiting and writes them in one transaction (each in its own savepoint), because
     /// a SQLite commit costs about the same for one row as for fifty.
-    pub async fn start_sign_in(&self, n: NewSignIn) -> Result<Option<Started>> {
+    pub async fn start_sign_in(
+        &self,
+        n: NewSignIn,
+    ) -> Result<std::result::Result<Started, NotStarted>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sign_ins
             .send((n, tx))
@@ -525,6 +572,7 @@ impl Store {
                 token,
                 return_to: req.return_to,
                 user_id,
+                email: req.email,
             }))
         })
         .await
@@ -771,10 +819,30 @@ impl Store {
         .await
     }
 
-    /// Delete what has expired. Returns the number of rows removed.
-    pub async fn sweep(&self, now: i64) -> Result<usize> {
+    /// Write audit events, all in one transaction.
+    pub async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<()> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for e in &events {
+                insert_audit(&tx, e)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Delete what has expired, and audit events older than `audit_retention` seconds
+    /// (0: keep them). Returns the number of rows removed.
+    pub async fn sweep(&self, now: i64, audit_retention: i64) -> Result<usize> {
         self.write(move |c| {
             let mut n = c.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+            if audit_retention > 0 {
+                n += c.execute(
+                    "DELETE FROM audit WHERE at <= ?1",
+                    params![now - audit_retention],
+                )?;
+            }
             // Keep finished requests for a day so a late click gets "expired", not "unknown".
             n += c.execute(
                 "DELETE FROM sign_in_requests WHERE expires_at <= ?1",
@@ -795,10 +863,8 @@ impl Store {
     }
 }
 
-type SignInJob = (
-    NewSignIn,
-    tokio::sync::oneshot::Sender<Result<Option<Started>>>,
-);
+type SignInResult = Result<std::result::Result<Started, NotStarted>>;
+type SignInJob = (NewSignIn, tokio::sync::oneshot::Sender<SignInResult>);
 
 /// The group-commit loop behind `start_sign_in`. Ends when every `Store` is dropped.
 fn sign_in_writer(
@@ -816,7 +882,7 @@ fn sign_in_writer(
             }
         }
         let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
-        let results = (|| -> Result<Vec<Result<Option<Started>>>> {
+        let results = (|| -> Result<Vec<SignInResult>> {
             let mut conn = pool.get()?;
             let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut out = Vec::with_capacity(batch.len());
@@ -852,23 +918,46 @@ fn sign_in_writer(
     }
 }
 
-fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> Result<Option<Started>> {
-    let (user_id, blocked, email): (i64, bool, String) = tx
-        .prepare_cached(
-            "INSERT INTO users (email, created_at) VALUES (?1, ?2)
-                     ON CONFLICT (email) DO UPDATE SET email = email
-                     RETURNING id, blocked, email",
-        )?
-        .query_row(params![&n.email, n.now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> SignInResult {
     if let Some(old) = n.replaces {
         tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
             .execute(params![&old[..]])?;
     }
-    if blocked {
-        return Ok(None);
+    let known: Option<(i64, bool, bool)> = tx
+        .prepare_cached("SELECT id, blocked, invited FROM users WHERE email = ?1")?
+        .query_row(params![&n.email], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let refused = match known {
+        Some((_, true, _)) => Some(NotStarted::Blocked),
+        Some((_, _, invited)) if !invited && !n.allowed => Some(NotStarted::NotAllowed),
+        None if !n.allowed => Some(NotStarted::NotAllowed),
+        _ => None,
+    };
+    let audit = |event: &'static str, user_id: Option<i64>, detail: &str| {
+        insert_audit(
+            tx,
+            &AuditEvent {
+                at: n.now,
+                event,
+                email: n.email.clone(),
+                user_id,
+                ip: n.ip.clone(),
+                user_agent: n.user_agent.clone(),
+                detail: detail.to_string(),
+            },
+        )
+    };
+    if let Some(why) = refused {
+        audit("sign_in_refused", known.map(|k| k.0), why.as_str())?;
+        return Ok(Err(why));
     }
+    let (user_id, email): (i64, String) = tx
+        .prepare_cached(
+            "INSERT INTO users (email, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (email) DO UPDATE SET email = email
+                     RETURNING id, email",
+        )?
+        .query_row(params![&n.email, n.now], |r| Ok((r.get(0)?, r.get(1)?)))?;
     tx.prepare_cached(
         "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
                                        expires_at, ip, user_agent)
@@ -907,10 +996,32 @@ fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> Result<Option<Started>> {
     )?
     .execute(params![request_id, email, n.now])?;
     let outbox_id = tx.last_insert_rowid();
-    Ok(Some(Started {
+    audit(
+        "sign_in_requested",
+        Some(user_id),
+        &format!("request {request_id}"),
+    )?;
+    Ok(Ok(Started {
         request_id,
         outbox_id,
     }))
+}
+
+pub(crate) fn insert_audit(c: &Connection, e: &AuditEvent) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO audit (at, event, email, user_id, ip, user_agent, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.at,
+        e.event,
+        &e.email,
+        e.user_id,
+        &e.ip,
+        &e.user_agent,
+        &e.detail
+    ])?;
+    Ok(())
 }
 
 fn request_where<P: rusqlite::ToSql>(
@@ -999,6 +1110,7 @@ fn consume_and_confirm(
         token,
         return_to: req.return_to.clone(),
         user_id,
+        email: req.email.clone(),
     })
 }
 

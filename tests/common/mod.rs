@@ -194,7 +194,14 @@ pub fn binary() -> PathBuf {
 
 /// A config for tests: ephemeral port, files in the temp dir, SMTP on `smtp_port`,
 /// then `extra` (TOML appended; may add keys to the top level or sections below).
+/// Rate limits are off unless `sections` has a `[limits]` table: tests sign in the same
+/// address from one IP far more often than people do (tests/access.rs tests the limits).
 pub fn test_config(smtp_port: u16, top: &str, sections: &str) -> String {
+    let limits = if sections.contains("[limits]") {
+        ""
+    } else {
+        "[limits]\nsign_in_per_address = \"off\"\nsign_in_address_gap = \"0\"\nsign_in_per_ip = \"off\"\nsign_in_global = \"off\"\ncodes_per_ip = \"off\"\nunknown_links_per_ip = \"off\"\n"
+    };
     format!(
         r#"webapp_name = "Test App"
 public_url = "http://auth.test.localhost"
@@ -210,7 +217,7 @@ smtp_host = "127.0.0.1"
 smtp_port = {smtp_port}
 retry_max_interval = "1s"
 {sections}
-"#
+{limits}"#
     )
 }
 

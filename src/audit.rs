@@ -1,0 +1,105 @@
+//! The audit trail: security events written to the database (table `audit`, shown by
+//! `authbase audit`) and to the log, one `info` line each with target `audit`.
+//!
+//! Sign-in requests are recorded in the transaction that creates them (see
+//! `Store::start_sign_in`). Everything else goes through a bounded queue written once a
+//! second in one transaction, so a flood of refused requests costs one commit a second;
+//! a full queue drops records (counted in the log) rather than slowing requests down.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::store::{now, AuditEvent, Store};
+
+/// Records waiting to be written at most.
+pub const QUEUE: usize = 65_536;
+const FLUSH: Duration = Duration::from_secs(1);
+
+pub struct Audit {
+    queue: mpsc::Sender<AuditEvent>,
+    dropped: AtomicU64,
+}
+
+impl Audit {
+    pub fn new() -> (Audit, mpsc::Receiver<AuditEvent>) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        (
+            Audit {
+                queue,
+                dropped: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+
+    /// Log and queue one event.
+    pub fn record(
+        &self,
+        event: &'static str,
+        email: &str,
+        user_id: Option<i64>,
+        ip: &str,
+        user_agent: &str,
+        detail: impl Into<String>,
+    ) {
+        let e = AuditEvent {
+            at: now(),
+            event,
+            email: email.to_string(),
+            user_id,
+            ip: ip.to_string(),
+            user_agent: user_agent.to_string(),
+            detail: detail.into(),
+        };
+        log(&e);
+        if self.queue.try_send(e).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "audit queue full: events dropped");
+            }
+        }
+    }
+}
+
+/// The log line for an event (also used for those written inside a store transaction).
+pub fn log(e: &AuditEvent) {
+    tracing::info!(
+        target: "audit",
+        event = e.event,
+        email = %e.email,
+        user_id = e.user_id,
+        ip = %e.ip,
+        user_agent = %e.user_agent,
+        detail = %e.detail,
+        "audit"
+    );
+}
+
+/// Write queued events once a second until `stop`, then write what is left.
+pub async fn run(
+    store: Store,
+    mut queue: mpsc::Receiver<AuditEvent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.wait_for(|s| *s) => true,
+            _ = tokio::time::sleep(FLUSH) => false,
+        };
+        let mut batch = Vec::new();
+        while let Ok(e) = queue.try_recv() {
+            batch.push(e);
+        }
+        if !batch.is_empty() {
+            let n = batch.len();
+            if let Err(e) = store.record_audit(batch).await {
+                tracing::warn!(error = %e, events = n, "could not write audit events");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Abuse protection: rate limits held in memory, bounded in size.
+//!
+//! Each [`Limiter`] counts hits per key (an address, a client IP, or one global key) in
+//! a fixed window that starts with the key's first hit: at most `count` hits in it,
+//! optionally at least `gap` between two hits. A refused hit is not counted and says
+//! when to retry.
+//!
+//! Keys are hashed with a per-process random SipHash key (callers cannot aim collisions)
+//! and stored as 64-bit digests, about 60 bytes an entry. Each limiter keeps at most
+//! `tracked_keys` entries: when full it forgets expired windows first and then, under a
+//! flood of distinct keys, arbitrary ones. Forgetting can only let a forgotten key start
+//! afresh; the global ceiling still bounds the mail sent.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::{LimitsConfig, Rate};
+
+const SHARDS: usize = 16;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    start: Instant,
+    count: u32,
+    last: Instant,
+}
+
+/// Keys are already SipHash digests: hash them no further.
+#[derive(Default)]
+struct Identity(u64);
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+type Map = HashMap<u64, Slot, std::hash::BuildHasherDefault<Identity>>;
+
+pub struct Limiter {
+    pub name: &'static str,
+    rate: Option<(u32, Duration)>,
+    gap: Duration,
+    hasher: RandomState,
+    shards: Vec<Mutex<Map>>,
+    per_shard: usize,
+}
+
+/// A refused hit: try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub limit: &'static str,
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// Whole seconds for `Retry-After`, at least 1.
+    pub fn retry_secs(&self) -> u64 {
+        self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0)
+    }
+}
+
+impl Limiter {
+    pub fn new(name: &'static str, rate: Rate, gap: Duration, capacity: usize) -> Limiter {
+        Limiter {
+            name,
+            rate: rate.0,
+            gap,
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn off(&self) -> bool {
+        self.rate.is_none() && self.gap.is_zero()
+    }
+
+    fn window(&self) -> Duration {
+        self.rate
+            .map(|(_, w)| w)
+            .unwrap_or(Duration::ZERO)
+            .max(self.gap)
+    }
+
+    fn verdict(&self, s: &Slot, now: Instant) -> Result<(), Limited> {
+        let mut wait = Duration::ZERO;
+        if let Some((n, w)) = self.rate {
+            if now < s.start + w && s.count >= n {
+                wait = s.start + w - now;
+            }
+        }
+        if !self.gap.is_zero() && now < s.last + self.gap {
+            wait = wait.max(s.last + self.gap - now);
+        }
+        if wait.is_zero() {
+            Ok(())
+        } else {
+            Err(Limited {
+                limit: self.name,
+                retry_after: wait,
+            })
+        }
+    }
+
+    fn with_slot<T>(&self, key: &[u8], f: impl FnOnce(&mut Map, u64) -> T) -> T {
+        let h = self.hasher.hash_one(key);
+        let mut m = self.shards[(h >> 32) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        f(&mut m, h)
+    }
+
+    /// Would a hit for `key` be refused now? Counts nothing.
+    pub fn check(&self, key: &[u8], now: Instant) -> Result<(), Limited> {
+        if self.off() {
+            return Ok(());
+        }
+        self.with_slot(key, |m, h| match m.get(&h) {
+            Some(s) => self.verdict(s, now),
+            None => Ok(()),
+        })
+    }
+
+    /// Count a hit for `key`, or refuse it (not counted) when over the limit.
+    pub fn hit(&self, key: &[u8], now: Instant) -> Result<(), Limited> {
+        if self.off() {
+            return Ok(());
+        }
+        let window = self.window();
+        self.with_slot(key, |m, h| {
+            if let Some(s) = m.get_mut(&h) {
+                self.verdict(s, now)?;
+                if now >= s.start + window.max(Duration::from_nanos(1)) {
+                    *s = Slot {
+                        start: now,
+                        count: 0,
+                        last: now,
+                    };
+                }
+                s.count += 1;
+                s.last = now;
+                return Ok(());
+            }
+            if m.len() >= self.per_shard {
+                m.retain(|_, s| now < s.start + window);
+                // Still full: a flood of distinct keys. Forget a tenth at once, so this
+                // scan runs once per many inserts, not on every one.
+                if m.len() * 10 >= self.per_shard * 9 {
+                    let drop: Vec<u64> = m.keys().take(self.per_shard / 10 + 1).copied().collect();
+                    for k in drop {
+                        m.remove(&k);
+                    }
+                }
+            }
+            m.insert(
+                h,
+                Slot {
+                    start: now,
+                    count: 1,
+                    last: now,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The key for a client IP: the address, or its /64 for IPv6 (one subscriber's range).
+pub fn ip_key(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+    }
+}
+
+/// Browsers that asked for a sign-in the server refused to send (an address `[access]`
+/// does not admit, or a blocked user). They got the same "check your email" answer and
+/// cookie as everyone; this lets the waiting page and the code form answer them the way
+/// they answer a real request, so neither reveals which addresses may sign in. Bounded
+/// like the limiters; entries live for `link_ttl`.
+pub struct Decoys {
+    map: Mutex<HashMap<crate::secrets::Hash, Decoy>>,
+    capacity: usize,
+}
+
+#[derive(Clone)]
+pub struct Decoy {
+    pub email: String,
+    pub match_number: String,
+    pub expires: Instant,
+}
+
+impl Decoys {
+    pub fn new(capacity: usize) -> Decoys {
+        Decoys {
+            map: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    pub fn insert(&self, session: crate::secrets::Hash, d: Decoy, now: Instant) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= self.capacity {
+            m.retain(|_, d| d.expires > now);
+            if m.len() * 10 >= self.capacity * 9 {
+                let drop: Vec<_> = m.keys().take(self.capacity / 10 + 1).copied().collect();
+                for k in drop {
+                    m.remove(&k);
+                }
+            }
+        }
+        m.insert(session, d);
+    }
+
+    pub fn get(&self, session: &crate::secrets::Hash, now: Instant) -> Option<Decoy> {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(session).filter(|d| d.expires > now).cloned()
+    }
+
+    pub fn remove(&self, session: &crate::secrets::Hash) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(session);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every limit of a running server.
+pub struct Limits {
+    pub sign_in_address: Limiter,
+    pub sign_in_ip: Limiter,
+    pub sign_in_global: Limiter,
+    pub codes_ip: Limiter,
+    pub unknown_links_ip: Limiter,
+    /// Not a limit users see: at most one audit record a minute per (limit, key) or
+    /// (user, host), so a flood cannot flood the audit table.
+    pub audit_echo: Limiter,
+    pub decoys: Decoys,
+}
+
+impl Limits {
+    pub fn new(c: &LimitsConfig) -> Limits {
+        let n = c.tracked_keys;
+        let none = Duration::ZERO;
+        Limits {
+            sign_in_address: Limiter::new(
+                "sign_in_per_address",
+                c.sign_in_per_address,
+                c.sign_in_address_gap.0,
+                n,
+            ),
+            sign_in_ip: Limiter::new("sign_in_per_ip", c.sign_in_per_ip, none, n),
+            sign_in_global: Limiter::new("sign_in_global", c.sign_in_global, none, 16),
+            codes_ip: Limiter::new("codes_per_ip", c.codes_per_ip, none, n),
+            unknown_links_ip: Limiter::new("unknown_links_per_ip", c.unknown_links_per_ip, none, n),
+            audit_echo: Limiter::new("audit", Rate(Some((1, Duration::from_secs(60)))), none, n),
+            decoys: Decoys::new(n),
+        }
+    }
+
+    /// `POST /auth`: per IP (every attempt), then per address, then the global ceiling.
+    pub fn sign_in(&self, ip: IpAddr, email: &str, now: Instant) -> Result<(), Limited> {
+        self.sign_in_ip.hit(&ip_key(ip), now)?;
+        self.sign_in_address
+            .hit(email.to_ascii_lowercase().as_bytes(), now)?;
+        self.sign_in_global.hit(b"", now)
+    }
+
+    /// Remembered keys over all limits (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.sign_in_address.len()
+            + self.sign_in_ip.len()
+            + self.codes_ip.len()
+            + self.unknown_links_ip.len()
+            + self.audit_echo.len()
+            + self.decoys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(s: &str) -> Rate {
+        Rate::parse(s).unwrap()
+    }
+
+    #[test]
+    fn counts_then_refuses_then_resets() {
+        let l = Limiter::new("t", rate("3/1m"), Duration::ZERO, 100);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert!(l.hit(b"k", t0 + Duration::from_secs(i)).is_ok());
+        }
+        let e = l.hit(b"k", t0 + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(e.retry_secs(), 50);
+        assert!(l.hit(b"other", t0).is_ok());
+        assert!(l.check(b"k", t0 + Duration::from_secs(59)).is_err());
+        assert!(l.hit(b"k", t0 + Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn minimum_gap() {
+        let l = Limiter::new("t", rate("10/1h"), Duration::from_secs(30), 100);
+        let t0 = Instant::now();
+        assert!(l.hit(b"k", t0).is_ok());
+        let e = l.hit(b"k", t0 + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(e.retry_secs(), 20);
+        assert!(l.hit(b"k", t0 + Duration::from_secs(30)).is_ok());
+    }
+
+    #[test]
+    fn bounded_under_a_flood_of_distinct_keys() {
+        let l = Limiter::new("t", rate("5/1h"), Duration::ZERO, 1000);
+        let t0 = Instant::now();
+        for i in 0..100_000u32 {
+            assert!(l.hit(&i.to_be_bytes(), t0).is_ok());
+        }
+        assert!(l.len() <= 1008, "{}", l.len());
+    }
+
+    #[test]
+    fn off_limits_nothing() {
+        let l = Limiter::new("t", rate("off"), Duration::ZERO, 16);
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert!(l.hit(b"k", t0).is_ok());
+        }
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn ipv6_by_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        let m: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(ip_key(m), vec![192, 0, 2, 1]);
+    }
+}
