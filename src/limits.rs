@@ -265,8 +265,17 @@ pub struct Limits {
     /// Not a limit users see: at most one audit record a minute per (limit, key) or
     /// (user, host), so a flood cannot flood the audit table.
     pub audit_echo: Limiter,
+    /// Repeatable events recorded overall: a flood from many addresses cannot fill the
+    /// disk with audit rows (see `AUDIT_BUDGET`).
+    pub audit_budget: Limiter,
+    /// Repeatable events not recorded because of `audit_budget`.
+    pub audit_suppressed: std::sync::atomic::AtomicU64,
     pub decoys: Decoys,
 }
+
+/// At most this many repeatable events (refusals, rate limits, denied access) a minute
+/// go to the audit table and log; the rest are counted in a warning.
+pub const AUDIT_BUDGET: u32 = 600;
 
 impl Limits {
     pub fn new(c: &LimitsConfig) -> Limits {
@@ -284,6 +293,13 @@ impl Limits {
             codes_ip: Limiter::new("codes_per_ip", c.codes_per_ip, none, n),
             unknown_links_ip: Limiter::new("unknown_links_per_ip", c.unknown_links_per_ip, none, n),
             audit_echo: Limiter::new("audit", Rate(Some((1, Duration::from_secs(60)))), none, n),
+            audit_budget: Limiter::new(
+                "audit",
+                Rate(Some((AUDIT_BUDGET, Duration::from_secs(60)))),
+                none,
+                16,
+            ),
+            audit_suppressed: std::sync::atomic::AtomicU64::new(0),
             decoys: Decoys::new(n),
         }
     }

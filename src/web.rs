@@ -90,15 +90,26 @@ impl Ctx {
         detail: impl Into<String>,
     ) {
         let k = format!("{event}\0{key}");
-        if self
-            .app
-            .limits
-            .audit_echo
-            .hit(k.as_bytes(), std::time::Instant::now())
-            .is_ok()
-        {
-            self.audit(event, email, user_id, detail);
+        let limits = &self.app.limits;
+        let now = std::time::Instant::now();
+        if limits.audit_echo.hit(k.as_bytes(), now).is_err() {
+            return;
         }
+        if limits.audit_budget.hit(b"", now).is_err() {
+            let n = limits
+                .audit_suppressed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    suppressed = n,
+                    "more than {} repeated security events a minute: not all are recorded",
+                    crate::limits::AUDIT_BUDGET
+                );
+            }
+            return;
+        }
+        self.audit(event, email, user_id, detail);
     }
 }
 

@@ -228,11 +228,24 @@ impl Authbase {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Authbase {
+        Authbase::start_logging(dir, config, "debug,hyper=info,rustls=info,r2d2=info")
+    }
+
+    /// For load tests: only warnings and the start-up line are logged.
+    pub fn start_quiet(config: &str) -> Authbase {
+        Authbase::start_logging(
+            tempfile::tempdir().unwrap(),
+            config,
+            "warn,authbase=info,authbase::request=warn",
+        )
+    }
+
+    fn start_logging(dir: tempfile::TempDir, config: &str, log: &str) -> Authbase {
         std::fs::write(dir.path().join("authbase.toml"), config).unwrap();
         let mut child = Command::new(binary())
             .arg("serve")
             .current_dir(dir.path())
-            .env("RUST_LOG", "debug,hyper=info,rustls=info,r2d2=info")
+            .env("RUST_LOG", log)
             .env_remove("AUTHBASE_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -297,6 +310,10 @@ impl Authbase {
 
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn db_path(&self) -> PathBuf {
