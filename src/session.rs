@@ -25,7 +25,8 @@ use crate::web;
 
 /// How long a cached session is trusted before it is read again from the database. A
 /// safety net: changes made by this process evict at once, and changes made by the
-/// admin CLI arrive through the revocation log within `REVOCATION_POLL`.
+/// admin CLI arrive through the revocation log within `REVOCATION_POLL` (the CLI waits
+/// for running servers to acknowledge them).
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// How often a server looks for revocations made by other processes.
 pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
@@ -252,10 +253,18 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
 
 /// Follow the revocation log written by other processes (the admin CLI) and evict what
 /// it names, until `stop` is set. Started at the current end of the log.
+///
+/// The server is registered in the store and acknowledges each record right after
+/// evicting, and heartbeats every `store::HEARTBEAT`, so the CLI can wait until every
+/// running server has applied its change. Database errors are logged and retried.
 pub async fn follow_revocations(
     app: std::sync::Arc<App>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let id: String = crate::secrets::random::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut seen = loop {
         match app.store.last_revocation().await {
             Ok(n) => break n,
@@ -266,9 +275,16 @@ pub async fn follow_revocations(
             _ = tokio::time::sleep(REVOCATION_POLL) => {}
         }
     };
+    // Requests may have filled the cache before `seen` was read, with sessions that a
+    // record at or before `seen` revoked; this loop never replays those, so start empty.
+    app.sessions.evict_user(None);
+    let mut registered = register(&app, &id, seen).await;
+    // The newest record this server has told the database it applied.
+    let mut acked = seen;
+    let mut reported = Instant::now();
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(REVOCATION_POLL) => {}
         }
         match app.store.revocations_since(seen).await {
@@ -279,7 +295,66 @@ pub async fn follow_revocations(
                     seen = seq;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
+            Err(e) => {
+                // No heartbeat either: a server that cannot read the log must not look live.
+                tracing::warn!(error = %e, "revocation log unavailable; retrying");
+                continue;
+            }
+        }
+        // The poll interval counts too: the gap between heartbeats stays under HEARTBEAT.
+        let due = reported.elapsed() + REVOCATION_POLL >= crate::store::HEARTBEAT;
+        if registered && acked == seen && !due {
+            continue;
+        }
+        reported = Instant::now();
+        let ok = if registered {
+            match app.store.ack_server(id.clone(), seen, now()).await {
+                Ok(true) => true,
+                // Swept or deleted meanwhile: register again.
+                Ok(false) => {
+                    registered = register(&app, &id, seen).await;
+                    registered
+                }
+                // Tried again at the next poll while `acked` lags behind.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not acknowledge revocations");
+                    false
+                }
+            }
+        } else {
+            registered = register(&app, &id, seen).await;
+            registered
+        };
+        if ok {
+            acked = seen;
+        }
+    }
+    if registered {
+        if let Err(e) = app.store.unregister_server(id).await {
+            tracing::warn!(error = %e, "could not unregister this server");
+        }
+    }
+}
+
+/// Record this server as running and up to date with revocation `seen`; false if the
+/// database refused (the caller tries again at the next poll).
+async fn register(app: &App, id: &str, seen: i64) -> bool {
+    match app
+        .store
+        .register_server(id.to_string(), std::process::id(), now(), seen)
+        .await
+    {
+        Ok(()) => {
+            tracing::debug!(
+                server_id = id,
+                seen,
+                "registered for revocation acknowledgements"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not register this server; retrying");
+            false
         }
     }
 }

@@ -5,6 +5,9 @@
 //! executor never waits on disk. Only hashes of tokens and link secrets are stored.
 
 mod migrations;
+mod servers;
+
+pub use servers::{HEARTBEAT, LIVE_FOR};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -789,6 +792,7 @@ impl Store {
                 "DELETE FROM revocations WHERE at <= ?1 AND seq < (SELECT MAX(seq) FROM revocations)",
                 params![now - 86400],
             )?;
+            n += c.execute("DELETE FROM servers WHERE heartbeat_at <= ?1", params![now - 86400])?;
             Ok(n)
         })
         .await
