@@ -97,10 +97,7 @@ async fn applied(store: &Store, seq: Option<i64>, mut report: Report) -> Report 
     let Some(seq) = seq else {
         return report;
     };
-    let later = format!(
-        "re-read sessions within {} minutes at the latest",
-        CACHE_TTL.as_secs() / 60
-    );
+    let minutes = CACHE_TTL.as_secs() / 60;
     match store.await_servers(seq, ACK_TIMEOUT).await {
         Ok((0, 0)) => report.out.push_str("no running server to notify\n"),
         Ok((done, waiting)) => {
@@ -109,17 +106,23 @@ async fn applied(store: &Store, seq: Option<i64>, mut report: Report) -> Report 
                 plural(done, "running server", "running servers")
             ));
             if waiting > 0 {
+                let (it, applies, reads, rereads) = if waiting == 1 {
+                    ("it", "applies", "reads", "re-reads")
+                } else {
+                    ("they", "apply", "read", "re-read")
+                };
                 report.warning = Some(format!(
-                    "{} did not confirm within {} s; {} the change when reading the revocation log, and {later}",
+                    "{} did not confirm within {} s; {it} {applies} the change when {it} next {reads} \
+                     the revocation log, and {rereads} cached sessions within {minutes} minutes at the latest",
                     plural(waiting, "running server", "running servers"),
                     ACK_TIMEOUT.as_secs(),
-                    if waiting == 1 { "it applies" } else { "they apply" },
                 ));
             }
         }
         Err(e) => {
             report.warning = Some(format!(
-                "could not check that running servers applied the change ({e}); they {later}"
+                "could not check that running servers applied the change ({e}); they re-read \
+                 cached sessions within {minutes} minutes at the latest"
             ))
         }
     }
@@ -354,14 +357,16 @@ pub async fn audit(
         } else {
             crate::pages::requester(&r.user_agent, &r.ip)
         };
-        out.push_str(&format!(
-            "{:<22} {:<20} {:<32} {:<28} {}\n",
+        let line = format!(
+            "{:<22} {:<20} {:<32} {:<28} {}",
             utc(r.at),
             r.event,
             if r.email.is_empty() { "-" } else { &r.email },
             from,
             r.detail
-        ));
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out.push_str(&format!("{} event(s)\n", rows.len()));
     Ok(out.into())
@@ -370,8 +375,11 @@ pub async fn audit(
 /// `--since`: a duration back from `now` (`1h`, `7d`, as in the config), a UTC date
 /// (`2026-11-28`, midnight) or a UTC time (`2026-11-28T10:00:00Z`). Unix seconds.
 pub fn parse_since(s: &str, now: i64) -> Result<i64, String> {
+    let bad = || {
+        format!("`{s}` is not a duration (1h, 7d), a UTC date (2026-11-28) or a UTC time (2026-11-28T10:00:00Z)")
+    };
     if !s.contains('-') {
-        return Dur::parse(s).map(|d| now - d.secs());
+        return Dur::parse(s).map(|d| now - d.secs()).map_err(|_| bad());
     }
     let b = s.as_bytes();
     let num = |from: usize, to: usize| -> Option<i64> {
@@ -380,9 +388,6 @@ pub fn parse_since(s: &str, now: i64) -> Result<i64, String> {
             .all(|c| c.is_ascii_digit())
             .then(|| part.parse().ok())
             .flatten()
-    };
-    let bad = || {
-        format!("`{s}` is not a duration, a date (2026-11-28) or a UTC time (2026-11-28T10:00:00Z)")
     };
     let shape = match b.len() {
         10 => b[4] == b'-' && b[7] == b'-',
@@ -445,7 +450,9 @@ mod tests {
         assert_eq!(parse_since("1h", 10_000), Ok(6_400));
         assert_eq!(parse_since("7d", 1_000_000), Ok(1_000_000 - 7 * 86400));
         assert_eq!(parse_since("0", 5), Ok(5));
-        assert!(parse_since("1w", 0).is_err());
+        assert!(parse_since("1w", 0)
+            .unwrap_err()
+            .contains("a UTC date (2026-11-28)"));
         assert!(parse_since("h", 0).is_err());
         assert!(parse_since("", 0).is_err());
     }
