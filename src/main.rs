@@ -251,7 +251,6 @@ fn serve(cfg: Config) -> ExitCode {
         for w in cfg.warnings() {
             tracing::warn!("{w}");
         }
-        let public = cfg.public_base().to_string();
         let (app, background) = match authbase::prepare(cfg) {
             Ok(x) => x,
             Err(e) => {
@@ -266,11 +265,6 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
-        let bound = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
         authbase::serve(app, background, listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

@@ -251,35 +251,80 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
     Ok(Some(signed))
 }
 
-/// Follow the revocation log written by other processes (the admin CLI) and evict what
-/// it names, until `stop` is set. Started at the current end of the log.
-///
-/// The server is registered in the store and acknowledges each record right after
-/// evicting, and heartbeats every `store::HEARTBEAT`, so the CLI can wait until every
-/// running server has applied its change. Database errors are logged and retried.
-pub async fn follow_revocations(
-    app: std::sync::Arc<App>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// Where a server stands in the revocation log, and its id in the store's list of
+/// running servers.
+pub struct LogPosition {
+    id: String,
+    /// The newest record when the server started; `None` if it could not be read.
+    seen: Option<i64>,
+    registered: bool,
+}
+
+/// Read the end of the revocation log and register this server as having applied all of
+/// it. Called before the first request is served, so the cache holds nothing older and
+/// an admin command that commits a record after this waits for the server's
+/// acknowledgement. Database errors are logged; `follow_revocations` then tries again.
+pub async fn join_revocations(app: &App) -> LogPosition {
     let id: String = crate::secrets::random::<16>()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let mut seen = loop {
-        match app.store.last_revocation().await {
-            Ok(n) => break n,
-            Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(REVOCATION_POLL) => {}
+    let seen = match app.store.last_revocation().await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation log unavailable; retrying");
+            None
         }
     };
-    // Requests may have filled the cache before `seen` was read, with sessions that a
-    // record at or before `seen` revoked; this loop never replays those, so start empty.
-    app.sessions.evict_user(None);
-    let mut registered = register(&app, &id, seen).await;
-    // The newest record this server has told the database it applied.
+    let registered = match seen {
+        Some(n) => register(app, &id, n).await,
+        None => false,
+    };
+    LogPosition {
+        id,
+        seen,
+        registered,
+    }
+}
+
+/// Follow the revocation log written by other processes (the admin CLI) from `start`
+/// and evict what it names, until `stop` is set.
+///
+/// The server acknowledges each record in the store right after evicting, heartbeats at
+/// least every `store::HEARTBEAT`, and unregisters when it stops, so an admin command
+/// can wait until every running server has applied its change. Database errors are
+/// logged and retried; a server that cannot read the log stops heartbeating, and is
+/// soon no longer waited for.
+pub async fn follow_revocations(
+    app: std::sync::Arc<App>,
+    start: LogPosition,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let LogPosition {
+        id,
+        seen,
+        mut registered,
+    } = start;
+    let mut seen = match seen {
+        Some(n) => n,
+        None => {
+            let n = loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(REVOCATION_POLL) => {}
+                }
+                match app.store.last_revocation().await {
+                    Ok(n) => break n,
+                    Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
+                }
+            };
+            // Requests were answered meanwhile and may have cached sessions that a record
+            // at or before `n` revoked; this loop never replays those, so start empty.
+            app.sessions.evict_user(None);
+            n
+        }
+    };
+    // The newest record this server has told the store it applied.
     let mut acked = seen;
     let mut reported = Instant::now();
     loop {
