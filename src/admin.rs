@@ -1,40 +1,291 @@
 //! Admin commands that work on the database directly, while servers run:
-//! `authbase sessions list|revoke`. Revocations are logged in the database so running
-//! servers evict their cached sessions (see `session::follow_revocations`).
+//! `authbase users …`, `authbase sessions list|revoke` and `authbase audit`.
+//!
+//! Changes that running servers must see are written with a revocation record (see
+//! `store::users`); each command then waits until every running server has acknowledged
+//! it (`Store::await_servers`), so when it returns, the servers already answer
+//! accordingly. A server that does not confirm in time still re-reads every cached
+//! session within `session::CACHE_TTL`.
 
-use crate::config::Config;
+use std::time::Duration;
+
+use crate::config::{Config, Dur};
 use crate::email_addr;
 use crate::pages::utc;
-use crate::store::{now, Store};
+use crate::session::CACHE_TTL;
+use crate::store::{now, AuditFilter, Store, StoreError, UserChange};
+
+/// How long a command waits for running servers to apply its change.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An admin command that failed, with the message for stderr.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AdminError(pub String);
+pub enum AdminError {
+    /// Bad input: an invalid address or group name, an unknown user (exit 65).
+    #[error("{0}")]
+    Input(String),
+    /// The database cannot be opened or used (exit 69).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        AdminError::Unavailable(e.to_string())
+    }
+}
+
+/// What a successful command prints: `out` on stdout, `warning` on stderr.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub out: String,
+    pub warning: Option<String>,
+}
+
+impl From<String> for Report {
+    fn from(out: String) -> Report {
+        Report { out, warning: None }
+    }
+}
 
 fn open(cfg: &Config) -> Result<Store, AdminError> {
-    Store::open(cfg.database.as_ref(), std::time::Duration::from_secs(5))
-        .map_err(|e| AdminError(format!("database {}: {e}", cfg.database)))
+    Store::open(cfg.database.as_ref(), Duration::from_secs(5))
+        .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", cfg.database)))
+}
+
+/// A normalised address; `what` names the argument in the error.
+fn addr(what: &str, input: &str) -> Result<String, AdminError> {
+    email_addr::normalise(input).map_err(|e| AdminError::Input(format!("{what} {input:?}: {e}")))
 }
 
 fn address(user: Option<&str>) -> Result<Option<String>, AdminError> {
-    user.map(|u| email_addr::normalise(u).map_err(|e| AdminError(format!("--user: {e}"))))
-        .transpose()
+    user.map(|u| addr("--user", u)).transpose()
 }
+
+fn no_user(email: &str) -> AdminError {
+    AdminError::Input(format!("no user {email}"))
+}
+
+/// Group names end up in a comma-separated `X-User-Groups` header.
+pub fn check_group(name: &str) -> Result<(), AdminError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Input(format!(
+            "invalid group name {name:?}: use 1 to 64 letters, digits, '_', '.' or '-'"
+        )))
+    }
+}
+
+fn json<T: serde::Serialize>(rows: &T) -> Result<Report, AdminError> {
+    serde_json::to_string_pretty(rows)
+        .map(|s| Report::from(s + "\n"))
+        .map_err(|e| AdminError::Unavailable(e.to_string()))
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Wait for running servers to apply revocation `seq` and say how that went. The change
+/// is committed already, so nothing here fails the command.
+async fn applied(store: &Store, seq: Option<i64>, mut report: Report) -> Report {
+    let Some(seq) = seq else {
+        return report;
+    };
+    let minutes = CACHE_TTL.as_secs() / 60;
+    match store.await_servers(seq, ACK_TIMEOUT).await {
+        Ok((0, 0)) => report.out.push_str("no running server to notify\n"),
+        Ok((done, waiting)) => {
+            report.out.push_str(&format!(
+                "{} applied it\n",
+                plural(done, "running server", "running servers")
+            ));
+            if waiting > 0 {
+                let (it, applies, reads, rereads) = if waiting == 1 {
+                    ("it", "applies", "reads", "re-reads")
+                } else {
+                    ("they", "apply", "read", "re-read")
+                };
+                report.warning = Some(format!(
+                    "{} did not confirm within {} s; {it} {applies} the change when {it} next {reads} \
+                     the revocation log, and {rereads} cached sessions within {minutes} minutes at the latest",
+                    plural(waiting, "running server", "running servers"),
+                    ACK_TIMEOUT.as_secs(),
+                ));
+            }
+        }
+        Err(e) => {
+            report.warning = Some(format!(
+                "could not check that running servers applied the change ({e}); they re-read \
+                 cached sessions within {minutes} minutes at the latest"
+            ))
+        }
+    }
+    report
+}
+
+fn groups_text(groups: &[String]) -> String {
+    if groups.is_empty() {
+        "-".into()
+    } else {
+        groups.join(",")
+    }
+}
+
+// ---------------------------------------------------------------- users
+
+/// `authbase users list [--user EMAIL] [--json]`.
+pub async fn users_list(
+    cfg: &Config,
+    user: Option<&str>,
+    json_out: bool,
+) -> Result<Report, AdminError> {
+    let who = address(user)?;
+    let store = open(cfg)?;
+    let rows = store.list_users(who.clone(), now()).await?;
+    if let (Some(w), true) = (&who, rows.is_empty()) {
+        return Err(no_user(w));
+    }
+    if json_out {
+        return json(&rows);
+    }
+    let mut out = format!(
+        "{:<8} {:<32} {:<8} {:<8} {:<9} {:<22} {:<22} {}\n",
+        "ID", "EMAIL", "STATUS", "INVITED", "SESSIONS", "LAST SEEN", "CREATED", "GROUPS"
+    );
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<8} {:<32} {:<8} {:<8} {:<9} {:<22} {:<22} {}\n",
+            r.id,
+            r.email,
+            if r.blocked { "blocked" } else { "active" },
+            if r.invited { "yes" } else { "no" },
+            r.sessions,
+            r.last_seen_at.map(utc).unwrap_or_else(|| "-".into()),
+            utc(r.created_at),
+            groups_text(&r.groups),
+        ));
+    }
+    out.push_str(&format!("{} user(s)\n", rows.len()));
+    Ok(out.into())
+}
+
+/// `authbase users add EMAIL [--group G]...`.
+pub async fn users_add(cfg: &Config, email: &str, groups: &[String]) -> Result<Report, AdminError> {
+    let email = addr("EMAIL", email)?;
+    groups.iter().try_for_each(|g| check_group(g))?;
+    let store = open(cfg)?;
+    let c = store.add_user(email, groups.to_vec(), now()).await?;
+    let mut out = if c.created {
+        format!("added {} (invited)\n", c.email)
+    } else {
+        format!("{} already existed; now invited\n", c.email)
+    };
+    if c.blocked {
+        out.push_str("note: the user is blocked; `authbase users unblock` lets them sign in\n");
+    }
+    if !c.groups.is_empty() {
+        out.push_str(&format!("groups: {}\n", c.groups.join(", ")));
+    }
+    Ok(applied(&store, c.seq, out.into()).await)
+}
+
+/// `authbase users remove EMAIL`.
+pub async fn users_remove(cfg: &Config, email: &str) -> Result<Report, AdminError> {
+    let email = addr("EMAIL", email)?;
+    let store = open(cfg)?;
+    let c = store
+        .remove_user(email.clone(), now())
+        .await?
+        .ok_or_else(|| no_user(&email))?;
+    let out = format!(
+        "removed {} ({} ended)\n",
+        c.email,
+        plural(c.sessions, "session", "sessions")
+    );
+    Ok(applied(&store, c.seq, out.into()).await)
+}
+
+/// `authbase users block EMAIL`.
+pub async fn users_block(cfg: &Config, email: &str) -> Result<Report, AdminError> {
+    let email = addr("EMAIL", email)?;
+    let store = open(cfg)?;
+    let c = store.block_user(email, now()).await?;
+    let out = if c.created {
+        format!("blocked {} (a new address: it cannot sign up)\n", c.email)
+    } else {
+        blocked_text(&c)
+    };
+    Ok(applied(&store, c.seq, out.into()).await)
+}
+
+fn blocked_text(c: &UserChange) -> String {
+    format!(
+        "blocked {}: {} ended, {} cancelled, {} dropped\n",
+        c.email,
+        plural(c.sessions, "session", "sessions"),
+        plural(c.requests, "sign-in request", "sign-in requests"),
+        plural(c.mails, "queued email", "queued emails"),
+    )
+}
+
+/// `authbase users unblock EMAIL`.
+pub async fn users_unblock(cfg: &Config, email: &str) -> Result<Report, AdminError> {
+    let email = addr("EMAIL", email)?;
+    let store = open(cfg)?;
+    let c = store
+        .unblock_user(email.clone(), now())
+        .await?
+        .ok_or_else(|| no_user(&email))?;
+    let out = format!("unblocked {}; they can sign in again\n", c.email);
+    Ok(applied(&store, c.seq, out.into()).await)
+}
+
+/// `authbase users groups EMAIL [--add G]... [--remove G]...`: prints the resulting groups.
+pub async fn users_groups(
+    cfg: &Config,
+    email: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<Report, AdminError> {
+    let email = addr("EMAIL", email)?;
+    add.iter().chain(remove).try_for_each(|g| check_group(g))?;
+    if let Some(g) = add.iter().find(|g| remove.contains(g)) {
+        return Err(AdminError::Input(format!(
+            "group {g:?} is both added and removed"
+        )));
+    }
+    let store = open(cfg)?;
+    let c = store
+        .set_user_groups(email.clone(), add.to_vec(), remove.to_vec(), now())
+        .await?
+        .ok_or_else(|| no_user(&email))?;
+    let out = if c.groups.is_empty() {
+        format!("{}: no groups\n", c.email)
+    } else {
+        format!("{}: {}\n", c.email, c.groups.join(", "))
+    };
+    Ok(applied(&store, c.seq, out.into()).await)
+}
+
+// ---------------------------------------------------------------- sessions
 
 /// `authbase sessions list [--user EMAIL] [--json]`.
 pub async fn sessions_list(
     cfg: &Config,
     user: Option<&str>,
-    json: bool,
-) -> Result<String, AdminError> {
+    json_out: bool,
+) -> Result<Report, AdminError> {
+    let who = address(user)?;
     let store = open(cfg)?;
-    let rows = store
-        .list_sessions(address(user)?, now())
-        .await
-        .map_err(|e| AdminError(e.to_string()))?;
-    if json {
-        return serde_json::to_string_pretty(&rows).map_err(|e| AdminError(e.to_string()));
+    let rows = store.list_sessions(who, now()).await?;
+    if json_out {
+        return json(&rows);
     }
     let mut out = format!(
         "{:<8} {:<32} {:<22} {:<22} {:<22} {}\n",
@@ -52,21 +303,214 @@ pub async fn sessions_list(
         ));
     }
     out.push_str(&format!("{} session(s)\n", rows.len()));
-    Ok(out)
+    Ok(out.into())
 }
 
 /// `authbase sessions revoke (--user EMAIL | --all)`.
-pub async fn sessions_revoke(cfg: &Config, user: Option<&str>) -> Result<String, AdminError> {
-    let store = open(cfg)?;
+pub async fn sessions_revoke(cfg: &Config, user: Option<&str>) -> Result<Report, AdminError> {
     let who = address(user)?;
-    let n = store
-        .revoke(who.clone(), now())
-        .await
-        .map_err(|e| AdminError(e.to_string()))?;
-    match (n, who) {
-        (None, Some(w)) => Err(AdminError(format!("no user {w}"))),
-        (Some(n), Some(w)) => Ok(format!("revoked {n} session(s) of {w}\n")),
-        (Some(n), None) => Ok(format!("revoked all {n} session(s)\n")),
-        (None, None) => Ok("revoked all sessions\n".into()),
+    let store = open(cfg)?;
+    let Some((n, seq)) = store.revoke(who.clone(), now()).await? else {
+        return Err(no_user(who.as_deref().unwrap_or_default()));
+    };
+    let out = match who {
+        Some(w) => format!("revoked {n} session(s) of {w}\n"),
+        None => format!("revoked all {n} session(s)\n"),
+    };
+    Ok(applied(&store, Some(seq), out.into()).await)
+}
+
+// ---------------------------------------------------------------- audit
+
+/// `authbase audit [--user EMAIL] [--since WHEN] [--event NAME] [--limit N] [--json]`.
+pub async fn audit(
+    cfg: &Config,
+    user: Option<&str>,
+    since: Option<&str>,
+    event: Option<&str>,
+    limit: u32,
+    json_out: bool,
+) -> Result<Report, AdminError> {
+    let email = address(user)?;
+    let since = since
+        .map(|s| parse_since(s, now()).map_err(|e| AdminError::Input(format!("--since: {e}"))))
+        .transpose()?;
+    let store = open(cfg)?;
+    let rows = store
+        .list_audit(AuditFilter {
+            email,
+            since,
+            event: event.map(str::to_string),
+            limit,
+        })
+        .await?;
+    if json_out {
+        return json(&rows);
+    }
+    let mut out = format!(
+        "{:<22} {:<20} {:<32} {:<28} {}\n",
+        "TIME", "EVENT", "EMAIL", "FROM", "DETAIL"
+    );
+    for r in &rows {
+        let from = if r.ip.is_empty() {
+            r.user_agent.clone()
+        } else {
+            crate::pages::requester(&r.user_agent, &r.ip)
+        };
+        let line = format!(
+            "{:<22} {:<20} {:<32} {:<28} {}",
+            utc(r.at),
+            r.event,
+            if r.email.is_empty() { "-" } else { &r.email },
+            from,
+            r.detail
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!("{} event(s)\n", rows.len()));
+    Ok(out.into())
+}
+
+/// `--since`: a duration back from `now` (`1h`, `7d`, as in the config), a UTC date
+/// (`2026-11-28`, midnight) or a UTC time (`2026-11-28T10:00:00Z`). Unix seconds.
+pub fn parse_since(s: &str, now: i64) -> Result<i64, String> {
+    let bad = || {
+        format!("`{s}` is not a duration (1h, 7d), a UTC date (2026-11-28) or a UTC time (2026-11-28T10:00:00Z)")
+    };
+    if !s.contains('-') {
+        return Dur::parse(s).map(|d| now - d.secs()).map_err(|_| bad());
+    }
+    let b = s.as_bytes();
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = s.get(from..to)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let shape = match b.len() {
+        10 => b[4] == b'-' && b[7] == b'-',
+        20 => {
+            b[4] == b'-'
+                && b[7] == b'-'
+                && b[10] == b'T'
+                && b[13] == b':'
+                && b[16] == b':'
+                && b[19] == b'Z'
+        }
+        _ => false,
+    };
+    if !shape {
+        return Err(bad());
+    }
+    let (y, m, d) = match (num(0, 4), num(5, 7), num(8, 10)) {
+        (Some(y), Some(m), Some(d)) => (y, m, d),
+        _ => return Err(bad()),
+    };
+    let (hh, mm, ss) = if b.len() == 20 {
+        match (num(11, 13), num(14, 16), num(17, 19)) {
+            (Some(h), Some(mi), Some(se)) => (h, mi, se),
+            _ => return Err(bad()),
+        }
+    } else {
+        (0, 0, 0)
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(format!("`{s}`: no month {m}")),
+    };
+    if y < 1970 || !(1..=month_days).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return Err(format!("`{s}` is not a valid UTC date and time"));
+    }
+    Ok(days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm, the inverse of `pages::utc`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_durations_count_back_from_now() {
+        assert_eq!(parse_since("1h", 10_000), Ok(6_400));
+        assert_eq!(parse_since("7d", 1_000_000), Ok(1_000_000 - 7 * 86400));
+        assert_eq!(parse_since("0", 5), Ok(5));
+        assert!(parse_since("1w", 0)
+            .unwrap_err()
+            .contains("a UTC date (2026-11-28)"));
+        assert!(parse_since("h", 0).is_err());
+        assert!(parse_since("", 0).is_err());
+    }
+
+    #[test]
+    fn since_dates_and_times_are_utc() {
+        assert_eq!(parse_since("1970-01-01", 0), Ok(0));
+        assert_eq!(parse_since("1970-01-02T00:00:01Z", 0), Ok(86_401));
+        assert_eq!(parse_since("2000-03-01", 0), Ok(951_868_800));
+        assert_eq!(parse_since("2026-11-28T10:00:00Z", 0), Ok(1_795_860_000));
+        assert_eq!(parse_since("2024-02-29", 0), Ok(1_709_164_800));
+        // Round trip through the printer.
+        let t = parse_since("2026-11-28T10:07:00Z", 0).unwrap();
+        assert_eq!(utc(t), "2026-11-28 10:07 UTC");
+        assert_eq!(
+            utc(parse_since("2099-12-31T23:59:59Z", 0).unwrap()),
+            "2099-12-31 23:59 UTC"
+        );
+    }
+
+    #[test]
+    fn since_is_strict() {
+        for s in [
+            "2026-11-28T10:00:00", // no zone
+            "2026-11-28T10:00:00+01:00",
+            "2026-11-28 10:00:00Z", // space
+            "2026-11-28t10:00:00z",
+            "2026-11-28T10:00Z",
+            "2026-1-28",
+            "26-11-28",
+            "2026-11-28 ",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-02-29", // not a leap year
+            "1900-02-29",
+            "2026-04-31",
+            "2026-11-00",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T10:60:00Z",
+            "2026-11-28T10:00:60Z",
+            "1969-12-31",
+            "+202-11-28",
+            "2026-+1-28",
+            "２０２６-11-28",
+            "-1d",
+        ] {
+            assert!(parse_since(s, 0).is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn group_names() {
+        for g in ["admins", "a", "ops.eu-1", "A_B", &"x".repeat(64)] {
+            assert!(check_group(g).is_ok(), "{g}");
+        }
+        for g in ["", "a,b", "a b", "ä", "a\nb", "a;b", &"x".repeat(65)] {
+            let e = check_group(g).unwrap_err().to_string();
+            assert!(e.contains(&format!("{g:?}")), "{e}");
+        }
     }
 }

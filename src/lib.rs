@@ -88,13 +88,22 @@ pub struct Background {
 }
 
 /// Serve on `listener` until `shutdown` resolves, with the mail sender and the sweeper
-/// running beside the HTTP server.
+/// running beside the HTTP server. Logs "listening on …" once it is ready.
 pub async fn serve(
     app: Arc<App>,
     background: Background,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
+    // Before the first request is answered: an admin command that runs from now on
+    // waits for this server to apply its change (see `session::follow_revocations`).
+    let position = session::join_revocations(&app).await;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let public = app.cfg.public_base();
+    tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -127,7 +136,11 @@ pub async fn serve(
             }
         }
     });
-    let revocations = tokio::spawn(session::follow_revocations(app.clone(), stop_rx.clone()));
+    let revocations = tokio::spawn(session::follow_revocations(
+        app.clone(),
+        position,
+        stop_rx.clone(),
+    ));
     server::run(listener, app, shutdown).await;
     let _ = stop_tx.send(true);
     // The mail sender stops between messages; a send in progress gets a bounded time.

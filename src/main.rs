@@ -2,11 +2,13 @@
 //! line and exit 64 on error), bind, and hand over to the library.
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use authbase::admin::{self, AdminError, Report};
 use authbase::config::{Config, ProcessEnv};
 
 /// Passwordless, email-only sign-in as a forward-auth sidecar for nginx, Traefik and Caddy.
@@ -35,10 +37,71 @@ enum Command {
     Serve,
     /// Validate the configuration file and exit (0 when valid, 64 when not).
     CheckConfig,
+    /// List, invite, remove, block and unblock users; manage their groups (works while
+    /// servers run).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// List or revoke sessions (works while servers run).
     Sessions {
         #[command(subcommand)]
         command: SessionsCommand,
+    },
+    /// Show the audit trail, oldest first.
+    Audit {
+        /// Only the events of this address.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only events since: a duration back from now (1h, 7d), a UTC date (2026-11-28)
+        /// or a UTC time (2026-11-28T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this event (e.g. user_blocked).
+        #[arg(long)]
+        event: Option<String>,
+        /// At most this many events (the newest).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// List users: status, groups, live sessions.
+    List {
+        /// Only this address.
+        #[arg(long)]
+        user: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Invite an address (creating the user if new), optionally into groups.
+    Add {
+        email: String,
+        /// A group to add the user to (repeatable).
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+    },
+    /// Delete a user, their sessions and sign-in requests (the address may sign up again).
+    Remove { email: String },
+    /// End a user's sessions and refuse their sign-ins and emails (unknown addresses too).
+    Block { email: String },
+    /// Let a blocked user sign in again.
+    Unblock { email: String },
+    /// Add or remove groups; prints the user's groups.
+    Groups {
+        email: String,
+        /// A group to add (repeatable).
+        #[arg(long, value_name = "G")]
+        add: Vec<String>,
+        /// A group to remove (repeatable).
+        #[arg(long, value_name = "G")]
+        remove: Vec<String>,
     },
 }
 
@@ -53,7 +116,7 @@ enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Sign out now; running servers stop accepting the sessions within a second.
+    /// Sign out now; waits until running servers have stopped accepting the sessions.
     Revoke {
         /// The sessions of this address.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
@@ -100,7 +163,22 @@ fn main() -> ExitCode {
             tracing::info!(config = %source, "configuration loaded");
             serve(cfg)
         }
-        Command::Sessions { command } => admin(cfg, command),
+        Command::Users { command } => run_admin(users(&cfg, command)),
+        Command::Sessions { command } => run_admin(sessions(&cfg, command)),
+        Command::Audit {
+            user,
+            since,
+            event,
+            limit,
+            json,
+        } => run_admin(admin::audit(
+            &cfg,
+            user.as_deref(),
+            since.as_deref(),
+            event.as_deref(),
+            limit,
+            json,
+        )),
     }
 }
 
@@ -117,29 +195,48 @@ fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-fn admin(cfg: Config, command: SessionsCommand) -> ExitCode {
+async fn users(cfg: &Config, command: UsersCommand) -> Result<Report, AdminError> {
+    match command {
+        UsersCommand::List { user, json } => admin::users_list(cfg, user.as_deref(), json).await,
+        UsersCommand::Add { email, groups } => admin::users_add(cfg, &email, &groups).await,
+        UsersCommand::Remove { email } => admin::users_remove(cfg, &email).await,
+        UsersCommand::Block { email } => admin::users_block(cfg, &email).await,
+        UsersCommand::Unblock { email } => admin::users_unblock(cfg, &email).await,
+        UsersCommand::Groups { email, add, remove } => {
+            admin::users_groups(cfg, &email, &add, &remove).await
+        }
+    }
+}
+
+async fn sessions(cfg: &Config, command: SessionsCommand) -> Result<Report, AdminError> {
+    match command {
+        SessionsCommand::List { user, json } => {
+            admin::sessions_list(cfg, user.as_deref(), json).await
+        }
+        SessionsCommand::Revoke { user, .. } => admin::sessions_revoke(cfg, user.as_deref()).await,
+    }
+}
+
+/// Run an admin command: its output on stdout, a warning or the error on stderr.
+fn run_admin(command: impl Future<Output = Result<Report, AdminError>>) -> ExitCode {
     let rt = match runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let out = rt.block_on(async {
-        match command {
-            SessionsCommand::List { user, json } => {
-                authbase::admin::sessions_list(&cfg, user.as_deref(), json).await
+    match rt.block_on(command) {
+        Ok(report) => {
+            print!("{}", report.out);
+            if let Some(w) = report.warning {
+                eprintln!("authbase: warning: {w}");
             }
-            SessionsCommand::Revoke { user, .. } => {
-                authbase::admin::sessions_revoke(&cfg, user.as_deref()).await
-            }
-        }
-    });
-    match out {
-        Ok(text) => {
-            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("authbase: {e}");
-            ExitCode::from(EXIT_DATAERR)
+            ExitCode::from(match e {
+                AdminError::Input(_) => EXIT_DATAERR,
+                AdminError::Unavailable(_) => EXIT_UNAVAILABLE,
+            })
         }
     }
 }
@@ -154,7 +251,6 @@ fn serve(cfg: Config) -> ExitCode {
         for w in cfg.warnings() {
             tracing::warn!("{w}");
         }
-        let public = cfg.public_base().to_string();
         let (app, background) = match authbase::prepare(cfg) {
             Ok(x) => x,
             Err(e) => {
@@ -169,11 +265,6 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
-        let bound = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
         authbase::serve(app, background, listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

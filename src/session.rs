@@ -25,7 +25,8 @@ use crate::web;
 
 /// How long a cached session is trusted before it is read again from the database. A
 /// safety net: changes made by this process evict at once, and changes made by the
-/// admin CLI arrive through the revocation log within `REVOCATION_POLL`.
+/// admin CLI arrive through the revocation log within `REVOCATION_POLL` (the CLI waits
+/// for running servers to acknowledge them).
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// How often a server looks for revocations made by other processes.
 pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
@@ -279,25 +280,85 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
     Ok(Some(signed))
 }
 
-/// Follow the revocation log written by other processes (the admin CLI) and evict what
-/// it names, until `stop` is set. Started at the current end of the log.
-pub async fn follow_revocations(
-    app: std::sync::Arc<App>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut seen = loop {
-        match app.store.last_revocation().await {
-            Ok(n) => break n,
-            Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(REVOCATION_POLL) => {}
+/// Where a server stands in the revocation log, and its id in the store's list of
+/// running servers.
+pub struct LogPosition {
+    id: String,
+    /// The newest record when the server started; `None` if it could not be read.
+    seen: Option<i64>,
+    registered: bool,
+}
+
+/// Read the end of the revocation log and register this server as having applied all of
+/// it. Called before the first request is served, so the cache holds nothing older and
+/// an admin command that commits a record after this waits for the server's
+/// acknowledgement. Database errors are logged; `follow_revocations` then tries again.
+pub async fn join_revocations(app: &App) -> LogPosition {
+    let id: String = crate::secrets::random::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let seen = match app.store.last_revocation().await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation log unavailable; retrying");
+            None
         }
     };
+    let registered = match seen {
+        Some(n) => register(app, &id, n).await,
+        None => false,
+    };
+    LogPosition {
+        id,
+        seen,
+        registered,
+    }
+}
+
+/// Follow the revocation log written by other processes (the admin CLI) from `start`
+/// and evict what it names, until `stop` is set.
+///
+/// The server acknowledges each record in the store right after evicting, heartbeats at
+/// least every `store::HEARTBEAT`, and unregisters when it stops, so an admin command
+/// can wait until every running server has applied its change. Database errors are
+/// logged and retried; a server that cannot read the log stops heartbeating, and is
+/// soon no longer waited for.
+pub async fn follow_revocations(
+    app: std::sync::Arc<App>,
+    start: LogPosition,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let LogPosition {
+        id,
+        seen,
+        mut registered,
+    } = start;
+    let mut seen = match seen {
+        Some(n) => n,
+        None => {
+            let n = loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(REVOCATION_POLL) => {}
+                }
+                match app.store.last_revocation().await {
+                    Ok(n) => break n,
+                    Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
+                }
+            };
+            // Requests were answered meanwhile and may have cached sessions that a record
+            // at or before `n` revoked; this loop never replays those, so start empty.
+            app.sessions.evict_user(None);
+            n
+        }
+    };
+    // The newest record this server has told the store it applied.
+    let mut acked = seen;
+    let mut reported = Instant::now();
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(REVOCATION_POLL) => {}
         }
         match app.store.revocations_since(seen).await {
@@ -308,7 +369,66 @@ pub async fn follow_revocations(
                     seen = seq;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "revocation log unavailable; retrying"),
+            Err(e) => {
+                // No heartbeat either: a server that cannot read the log must not look live.
+                tracing::warn!(error = %e, "revocation log unavailable; retrying");
+                continue;
+            }
+        }
+        // The poll interval counts too: the gap between heartbeats stays under HEARTBEAT.
+        let due = reported.elapsed() + REVOCATION_POLL >= crate::store::HEARTBEAT;
+        if registered && acked == seen && !due {
+            continue;
+        }
+        reported = Instant::now();
+        let ok = if registered {
+            match app.store.ack_server(id.clone(), seen, now()).await {
+                Ok(true) => true,
+                // Swept or deleted meanwhile: register again.
+                Ok(false) => {
+                    registered = register(&app, &id, seen).await;
+                    registered
+                }
+                // Tried again at the next poll while `acked` lags behind.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not acknowledge revocations");
+                    false
+                }
+            }
+        } else {
+            registered = register(&app, &id, seen).await;
+            registered
+        };
+        if ok {
+            acked = seen;
+        }
+    }
+    if registered {
+        if let Err(e) = app.store.unregister_server(id).await {
+            tracing::warn!(error = %e, "could not unregister this server");
+        }
+    }
+}
+
+/// Record this server as running and up to date with revocation `seen`; false if the
+/// database refused (the caller tries again at the next poll).
+async fn register(app: &App, id: &str, seen: i64) -> bool {
+    match app
+        .store
+        .register_server(id.to_string(), std::process::id(), now(), seen)
+        .await
+    {
+        Ok(()) => {
+            tracing::debug!(
+                server_id = id,
+                seen,
+                "registered for revocation acknowledgements"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not register this server; retrying");
+            false
         }
     }
 }

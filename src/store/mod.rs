@@ -5,6 +5,11 @@
 //! executor never waits on disk. Only hashes of tokens and link secrets are stored.
 
 mod migrations;
+mod servers;
+mod users;
+
+pub use servers::{HEARTBEAT, LIVE_FOR};
+pub use users::{AuditFilter, AuditRow, UserChange, UserRow};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -385,35 +390,33 @@ impl Store {
 
     /// End the sessions of one user (by address) or of everyone, from outside the server
     /// (the admin CLI): the deletion and a revocation record in one transaction, so
-    /// running servers evict their cached copies. Returns the sessions ended, or `None`
-    /// for an unknown address.
-    pub async fn revoke(&self, email: Option<String>, now: i64) -> Result<Option<usize>> {
+    /// running servers evict their cached copies, and an audit record. Returns the
+    /// sessions ended and the revocation record's number, or `None` for an unknown address.
+    pub async fn revoke(&self, email: Option<String>, now: i64) -> Result<Option<(usize, i64)>> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let user_id: Option<i64> = match &email {
-                Some(e) => {
-                    let id = tx
-                        .query_row("SELECT id FROM users WHERE email = ?1", params![e], |r| {
-                            r.get(0)
-                        })
-                        .optional()?;
-                    if id.is_none() {
-                        return Ok(None);
-                    }
-                    id
-                }
-                None => None,
+            let (user_id, stored) = match &email {
+                Some(e) => match users::find_user(&tx, e)? {
+                    Some((id, stored, _)) => (Some(id), stored),
+                    None => return Ok(None),
+                },
+                None => (None, String::new()),
             };
             let n = match user_id {
                 Some(id) => tx.execute("DELETE FROM sessions WHERE user_id = ?1", params![id])?,
                 None => tx.execute("DELETE FROM sessions", [])?,
             };
-            tx.execute(
-                "INSERT INTO revocations (user_id, at) VALUES (?1, ?2)",
-                params![user_id, now],
+            users::audit_admin(
+                &tx,
+                now,
+                "sessions_revoked",
+                &stored,
+                user_id,
+                &n.to_string(),
             )?;
+            let seq = users::record_revocation(&tx, user_id, now)?;
             tx.commit()?;
-            Ok(Some(n))
+            Ok(Some((n, seq)))
         })
         .await
     }
@@ -857,6 +860,7 @@ impl Store {
                 "DELETE FROM revocations WHERE at <= ?1 AND seq < (SELECT MAX(seq) FROM revocations)",
                 params![now - 86400],
             )?;
+            n += c.execute("DELETE FROM servers WHERE heartbeat_at <= ?1", params![now - 86400])?;
             Ok(n)
         })
         .await

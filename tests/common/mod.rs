@@ -562,3 +562,58 @@ pub async fn request_link(browser: &mut Browser, smtp: &Smtp, email: &str) -> (R
     let mails = smtp.wait_for(before + 1).await;
     (r, mails[before].clone())
 }
+
+// ---------------------------------------------------------------- admin CLI
+
+/// Run `authbase --config DIR/authbase.toml ARGS` in `dir`, bounded in time; returns the
+/// exit status, stdout and stderr.
+pub fn cli_in(dir: &Path, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(dir.join("authbase.toml"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("AUTHBASE_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the authbase CLI");
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut r, &mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("authbase {args:?} did not finish in {}s", WAIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
+impl Authbase {
+    /// Run the admin CLI on this server's config file and database.
+    pub fn cli(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        cli_in(self.dir.path(), args)
+    }
+
+    /// SIGKILL: the server ends without any cleanup; its folder stays.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
