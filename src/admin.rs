@@ -49,6 +49,13 @@ impl From<String> for Report {
 }
 
 fn open(cfg: &Config) -> Result<Store, AdminError> {
+    // A typo in `database` must not quietly create an empty database and "succeed".
+    if !std::path::Path::new(&cfg.database).exists() {
+        return Err(AdminError::Unavailable(format!(
+            "database {} does not exist: check `database` in the config (or start the server once to create it)",
+            cfg.database
+        )));
+    }
     Store::open(cfg.database.as_ref(), Duration::from_secs(5))
         .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", cfg.database)))
 }
@@ -129,6 +136,13 @@ async fn applied(store: &Store, seq: Option<i64>, mut report: Report) -> Report 
     report
 }
 
+/// Database groups, then config groups marked as such: `ops,admins(config)`.
+fn all_groups(db: &[String], config: &[String]) -> String {
+    let mut v: Vec<String> = db.to_vec();
+    v.extend(config.iter().map(|g| format!("{g}(config)")));
+    groups_text(&v)
+}
+
 fn groups_text(groups: &[String]) -> String {
     if groups.is_empty() {
         "-".into()
@@ -147,7 +161,12 @@ pub async fn users_list(
 ) -> Result<Report, AdminError> {
     let who = address(user)?;
     let store = open(cfg)?;
-    let rows = store.list_users(who.clone(), now()).await?;
+    let mut rows = store.list_users(who.clone(), now()).await?;
+    let policy = &cfg.derived.access;
+    for r in &mut rows {
+        r.config_groups = policy.config_groups(&r.email).to_vec();
+        r.allowed = r.invited || policy.may_sign_in(&r.email);
+    }
     if let (Some(w), true) = (&who, rows.is_empty()) {
         return Err(no_user(w));
     }
@@ -163,12 +182,18 @@ pub async fn users_list(
             "{:<8} {:<32} {:<8} {:<8} {:<9} {:<22} {:<22} {}\n",
             r.id,
             r.email,
-            if r.blocked { "blocked" } else { "active" },
+            if r.blocked {
+                "blocked"
+            } else if !r.allowed {
+                "denied"
+            } else {
+                "active"
+            },
             if r.invited { "yes" } else { "no" },
             r.sessions,
             r.last_seen_at.map(utc).unwrap_or_else(|| "-".into()),
             utc(r.created_at),
-            groups_text(&r.groups),
+            all_groups(&r.groups, &r.config_groups),
         ));
     }
     out.push_str(&format!("{} user(s)\n", rows.len()));
@@ -265,11 +290,18 @@ pub async fn users_groups(
         .set_user_groups(email.clone(), add.to_vec(), remove.to_vec(), now())
         .await?
         .ok_or_else(|| no_user(&email))?;
-    let out = if c.groups.is_empty() {
+    let mut out = if c.groups.is_empty() {
         format!("{}: no groups\n", c.email)
     } else {
         format!("{}: {}\n", c.email, c.groups.join(", "))
     };
+    let from_config = cfg.derived.access.config_groups(&c.email);
+    if !from_config.is_empty() {
+        out.push_str(&format!(
+            "also from [access.groups] in the config: {}\n",
+            from_config.join(", ")
+        ));
+    }
     Ok(applied(&store, c.seq, out.into()).await)
 }
 

@@ -430,6 +430,14 @@ async fn audit_lists_admin_events_with_filters() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("authbase.toml"), test_config(2525, "", "")).unwrap();
     let cli = |args: &[&str]| cli_in(dir.path(), args);
+    // Admin commands never create a database (a wrong working directory or a typo in
+    // `database` must not "succeed" on a new empty file) ...
+    let out = cli(&["users", "add", "ann@example.com"]);
+    assert_eq!(out.0.code(), Some(69), "{out:?}");
+    assert!(out.2.contains("does not exist"), "{}", out.2);
+    assert!(!dir.path().join("authbase.db").exists());
+    // ... but work on an existing one, even one no server has migrated yet.
+    std::fs::write(dir.path().join("authbase.db"), b"").unwrap();
     for args in [
         &["users", "add", "ann@example.com", "--group", "admins"][..],
         &["users", "add", "Bob@example.com"],

@@ -17,11 +17,16 @@ struct Stack {
 }
 
 async fn stack(kind: Kind) -> Stack {
+    stack_with(kind, "").await
+}
+
+/// A stack whose authbase config has `sections` appended (e.g. `[access]`).
+async fn stack_with(kind: Kind, sections: &str) -> Stack {
     let smtp = Smtp::start();
     let app = EchoApp::start().await;
     let port = free_port();
     let top = "trusted_proxies = [\"127.0.0.1\"]\n[cookie]\ndomain = \"example.com\"\n";
-    let cfg = test_config(smtp.port, top, "")
+    let cfg = test_config(smtp.port, top, sections)
         .replace(
             "http://auth.test.localhost/me",
             &format!("http://app.example.com:{port}/"),
@@ -224,6 +229,121 @@ async fn traefik_full_flow() {
 #[tokio::test]
 async fn caddy_full_flow() {
     full_flow(Kind::Caddy).await;
+}
+
+const RULES: &str = r#"
+[access.groups]
+wiki-editors = ["alice@example.com"]
+
+[[access.rules]]
+host = "app.example.com"
+paths = ["/public/"]
+policy = "bypass"
+
+[[access.rules]]
+host = "wiki.example.com"
+groups = ["wiki-editors"]
+"#;
+
+const FORGED_GROUPS: &[(&str, &str)] = &[
+    ("x-user-groups", "admins"),
+    ("x-user_groups", "admins"),
+    ("x_user_groups", "admins"),
+    ("x-user-email", "forged@evil.example"),
+];
+
+/// `[access]` rules through each real proxy: a public path reaches the app without a
+/// session and without identity; a group-only host lets the member in with
+/// `X-User-Groups` and shows everyone else authbase's 403 page; forged group headers
+/// never reach the app.
+async fn access_rules(kind: Kind) {
+    let s = stack_with(kind, RULES).await;
+
+    // Public path: no session needed, no identity passed, forgeries stripped.
+    let mut anon = s.browser("app");
+    let r = anon
+        .request(Method::GET, "/public/logo.svg", FORGED_GROUPS, Bytes::new())
+        .await;
+    assert_eq!(r.status, 200, "{kind:?}: {}\n{}", r.body, s.proxy.log());
+    let echo = r.json();
+    assert_eq!(echo["path"], "/public/logo.svg");
+    for h in ["x-user-groups", "x-user-email", "x-user-id"] {
+        assert!(seen(&echo, h).is_empty(), "{kind:?}: {h} in {echo}");
+    }
+    // Only the public path: the rest of the host still needs a session.
+    let r = anon.get("/private").await;
+    assert_eq!(r.status, 302, "{kind:?}");
+    let r = anon.get("/public/../private").await;
+    assert_ne!(r.status, 200, "{kind:?}: {}", r.body);
+    let hits = s.app.hits();
+
+    // A group member: in, with X-User-Groups (and no forged value).
+    let mut alice = s.browser("wiki");
+    s.sign_in(&mut alice, "alice@example.com", None).await;
+    let r = alice
+        .request(Method::GET, "/w/page", FORGED_GROUPS, Bytes::new())
+        .await;
+    assert_eq!(r.status, 200, "{kind:?}: {}", r.body);
+    let echo = r.json();
+    assert_eq!(
+        seen(&echo, "x-user-groups"),
+        vec!["wiki-editors".to_string()],
+        "{kind:?}: {echo}"
+    );
+    assert_eq!(
+        seen(&echo, "x-user-email"),
+        vec!["alice@example.com".to_string()]
+    );
+
+    // Someone else: the 403 page, from authbase, through the proxy; the app not reached.
+    let mut bob = s.browser("wiki");
+    s.sign_in(&mut bob, "bob@example.com", None).await;
+    let before = s.app.hits();
+    let r = bob
+        .request(
+            Method::GET,
+            "/w/page",
+            &[("accept", "text/html")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{kind:?}: {}", r.body);
+    assert!(
+        r.body.contains("No access to wiki.example.com"),
+        "{kind:?}: {}",
+        r.body
+    );
+    assert!(r.body.contains("bob@example.com"), "{kind:?}: {}", r.body);
+    assert_eq!(s.app.hits(), before, "{kind:?}: the app was not reached");
+    // Bob elsewhere: in, without groups, and his forged groups are stripped.
+    let mut bob_app = bob.clone();
+    bob_app.host = Some(s.proxy.host("app"));
+    let r = bob_app
+        .request(Method::GET, "/x", FORGED_GROUPS, Bytes::new())
+        .await;
+    assert_eq!(r.status, 200, "{kind:?}: {}", r.body);
+    let echo = r.json();
+    assert!(seen(&echo, "x-user-groups").is_empty(), "{kind:?}: {echo}");
+    assert_eq!(
+        seen(&echo, "x-user-email"),
+        vec!["bob@example.com".to_string()]
+    );
+    assert!(s.app.hits() > hits);
+}
+
+#[tokio::test]
+async fn nginx_access_rules() {
+    access_rules(Kind::Nginx).await;
+}
+
+#[tokio::test]
+async fn traefik_access_rules() {
+    access_rules(Kind::Traefik).await;
+}
+
+#[tokio::test]
+async fn caddy_access_rules() {
+    access_rules(Kind::Caddy).await;
 }
 
 /// The portal's own pages work through each proxy for a page on another subdomain:

@@ -157,7 +157,7 @@ mod tests {
             .await
             .unwrap();
         s.register_server("new".into(), 2, t - 60, 0).await.unwrap();
-        s.sweep(t).await.unwrap();
+        s.sweep(t, 0).await.unwrap();
         assert!(!s.ack_server("old".into(), 0, t).await.unwrap());
         assert!(s.ack_server("new".into(), 0, t).await.unwrap());
     }

@@ -23,6 +23,11 @@ pub struct UserRow {
     pub blocked: bool,
     pub invited: bool,
     pub groups: Vec<String>,
+    /// Groups given in `[access.groups]` (filled in by the caller, which has the config).
+    pub config_groups: Vec<String>,
+    /// The global `[access]` policy, or an admin's invitation, lets them sign in (filled
+    /// in by the caller).
+    pub allowed: bool,
     /// Confirmed sessions that have not expired.
     pub sessions: i64,
     /// The latest activity of any of the user's confirmed sessions.
@@ -182,6 +187,8 @@ impl Store {
                         blocked: r.get(3)?,
                         invited: r.get(4)?,
                         groups: Vec::new(),
+                        config_groups: Vec::new(),
+                        allowed: true,
                         sessions: r.get(5)?,
                         last_seen_at: r.get(6)?,
                     })
@@ -498,10 +505,11 @@ mod tests {
                 user_agent: "test".into(),
                 now: now(),
                 link_ttl: 600,
+                allowed: true,
             })
             .await
             .unwrap();
-        assert!(started.is_some(), "sign-in of {email} refused");
+        assert!(started.is_ok(), "sign-in of {email} refused");
         (session_hash, link_hash)
     }
 
@@ -516,8 +524,10 @@ mod tests {
         secrets::hash(&done.token)
     }
 
+    /// The admin events (sign-in requests are audited too, by the sign-in writer).
     fn events(rows: &[AuditRow]) -> Vec<(&str, &str, &str)> {
         rows.iter()
+            .filter(|r| !r.event.starts_with("sign_in_"))
             .map(|r| (r.event.as_str(), r.email.as_str(), r.detail.as_str()))
             .collect()
     }
@@ -573,10 +583,11 @@ mod tests {
                 user_agent: String::new(),
                 now: now(),
                 link_ttl: 600,
+                allowed: true,
             })
             .await
             .unwrap();
-        assert!(refused.is_none());
+        assert_eq!(refused.unwrap_err(), super::super::NotStarted::Blocked);
         let u = s
             .list_users(Some("vera@example.com".into()), now())
             .await
@@ -593,8 +604,12 @@ mod tests {
                 "1 session(s) ended, 1 sign-in request(s) cancelled, 2 queued email(s) dropped"
             )]
         );
-        assert_eq!((a[0].ip.as_str(), a[0].user_agent.as_str()), ("", "cli"));
-        assert_eq!(a[0].user_id, Some(c.user_id));
+        let blocked = a.iter().find(|r| r.event == "user_blocked").unwrap();
+        assert_eq!(
+            (blocked.ip.as_str(), blocked.user_agent.as_str()),
+            ("", "cli")
+        );
+        assert_eq!(blocked.user_id, Some(c.user_id));
 
         // Unblocked: signs in again.
         let c2 = s
@@ -632,10 +647,11 @@ mod tests {
                 user_agent: String::new(),
                 now: now(),
                 link_ttl: 600,
+                allowed: true,
             })
             .await
             .unwrap();
-        assert!(r.is_none());
+        assert_eq!(r.unwrap_err(), super::super::NotStarted::Blocked);
     }
 
     #[tokio::test]
