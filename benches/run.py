@@ -217,7 +217,7 @@ def main():
         row("/verify p99 latency at that load (ms)", v["p99"], b["p99"], v["p99"] / b["p99"], "<= 2 ms", v["p99"] <= 2.0)
         row("idle RSS after start (MB)", idle_rss / 1024, None, None, "<= 20 MB", idle_rss / 1024 <= 20)
         delay = revocation_delay(small, aport, hdrs)
-        row("CLI `sessions revoke` -> /verify refuses (ms)", delay, None, None, "<= 1000 ms", delay <= 1000)
+        row("CLI `sessions revoke` started -> /verify refuses (ms)", delay, None, None, "<= 1000 ms", delay <= 1000)
         if "nginx" in ONLY:
             bench_nginx(tmp, row, bport, aport, one)
         stop(base)
@@ -261,9 +261,11 @@ def revocation_delay(dirpath, port, hdrs):
     h = {k: v.strip() for k, v in (x.split(":", 1) for x in [cookie] + hdrs[1:])}
     url = f"http://127.0.0.1:{port}/verify"
     assert urllib.request.urlopen(urllib.request.Request(url, headers=h)).status == 200
+    # From starting the CLI: it returns once running servers acknowledge the revocation,
+    # so the first request after it must already be refused.
+    t = time.time()
     subprocess.run([AUTHBASE, "sessions", "revoke", "--user", user, "--config", os.path.join(dirpath, "authbase.toml")],
                    check=True, capture_output=True)
-    t = time.time()
     while time.time() - t < 10:
         try:
             urllib.request.urlopen(urllib.request.Request(url, headers=h))
@@ -335,7 +337,10 @@ def bench_signin(tmp, row):
     """5. POST /auth with distinct addresses, mail queued."""
     signin = os.path.join(tmp, "signin"); os.makedirs(signin)
     sport = free_port()
-    asg = authbase(signin, sport)
+    # The sign-in rate itself is measured: the abuse limits (one wrk client, one IP) are
+    # off, as they would be behind a proxy with many clients.
+    asg = authbase(signin, sport, extra='[limits]\nsign_in_per_ip = "off"\nsign_in_global = "off"\n'
+                                       'sign_in_per_address = "off"\nsign_in_address_gap = "0"\n')
     dur = "10s" if QUICK else "30s"
     s = wrk(f"http://127.0.0.1:{sport}/auth", script=os.path.join(BENCH, "auth.lua"), duration=dur)
     time.sleep(1)
