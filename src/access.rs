@@ -8,11 +8,17 @@
 //!   optionally path prefixes, and a policy: `allow` (optionally only for some emails,
 //!   domains or groups), `bypass` (public, no sign-in needed) or `deny`.
 //!
+//! Path prefixes match whole segments: `/admin` matches `/admin` and `/admin/x`, not
+//! `/administrator`; `/static/` matches `/static` and everything under it.
+//!
 //! Paths are compared after [`canonical`]: percent-encoded unreserved characters
 //! decoded, `.`/`..` segments resolved, repeated slashes merged, query dropped. A path
 //! that is ambiguous (encoded `/`, `\`, `#`, `?`, `;`, `%`, NUL, control bytes, or a
 //! broken escape) never matches a `bypass` rule, so no spelling of a protected path can
-//! reach it through a public one; it still matches `allow` and `deny` rules.
+//! reach it through a public one. `allow` and `deny` rules (the ones that restrict) also
+//! match the path as the most lenient backend could read it ([`lenient`]: every escape
+//! decoded, `\` as `/`, `;params` dropped, lower case), so `/%2Fadmin`, `/x/..;/admin`
+//! and `/ADMIN` cannot slip past them either: restricting too much is the safe error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -31,6 +37,16 @@ enum HostPattern {
     Exact(String),
     /// `*.example.com`, stored as `.example.com`: any subdomain, not the domain itself.
     Subdomains(String),
+}
+
+/// IPv6 literals in one spelling (`[0::1]` and `[::1]` are the same host).
+fn canonical_host(host: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if let Ok(ip) = inner.parse::<std::net::Ipv6Addr>() {
+            return std::borrow::Cow::Owned(format!("[{ip}]"));
+        }
+    }
+    std::borrow::Cow::Borrowed(host)
 }
 
 impl HostPattern {
@@ -122,8 +138,11 @@ fn host_pattern(key: &str, h: &str) -> Result<HostPattern, ConfigError> {
         Some(rest) => (true, rest),
         None => (false, h.as_str()),
     };
-    let ip = name.parse::<std::net::Ipv4Addr>().is_ok()
-        || (name.starts_with('[') && name.ends_with(']'));
+    let v6 = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+    let ip = name.parse::<std::net::Ipv4Addr>().is_ok() || v6;
     if !(crate::config::is_dns_name(name, true) || (ip && !wild)) {
         return Err(err(
             key,
@@ -135,8 +154,20 @@ fn host_pattern(key: &str, h: &str) -> Result<HostPattern, ConfigError> {
     Ok(if wild {
         HostPattern::Subdomains(format!(".{name}"))
     } else {
-        HostPattern::Exact(name.to_string())
+        HostPattern::Exact(canonical_host(name).into_owned())
     })
+}
+
+/// Does `path` fall under `prefix`, by whole segments?
+fn under(path: &str, prefix: &str) -> bool {
+    match prefix.strip_suffix('/') {
+        // `/static/`: `/static` itself and everything below.
+        Some(dir) => path.starts_with(prefix) || path == dir,
+        // `/admin`: itself and everything below, not `/administrator`.
+        None => path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+    }
 }
 
 impl Policy {
@@ -259,21 +290,83 @@ impl Policy {
 
     /// The first rule matching this (lowercase) host and path-and-query.
     pub fn rule_for(&self, host: &str, path: &str) -> Option<&Rule> {
+        let host = canonical_host(host);
         let mut canon: Option<(String, bool)> = None;
+        let mut loose: Option<String> = None;
         self.rules.iter().find(|r| {
-            if !r.host.matches(host) {
+            if !r.host.matches(&host) {
                 return false;
             }
             if r.paths.is_empty() {
                 return true;
             }
             let (c, ambiguous) = canon.get_or_insert_with(|| canonical(path));
-            if *ambiguous && r.policy == RulePolicy::Bypass {
-                return false;
+            if r.policy == RulePolicy::Bypass {
+                return !*ambiguous && r.paths.iter().any(|p| under(c, p));
             }
-            r.paths.iter().any(|p| c.starts_with(p.as_str()))
+            if r.paths.iter().any(|p| under(c, p)) {
+                return true;
+            }
+            let l = loose.get_or_insert_with(|| lenient(path));
+            r.paths.iter().any(|p| under(l, &p.to_ascii_lowercase()))
         })
     }
+}
+
+/// The path as the most lenient backend could read it, lower case: every escape decoded
+/// (twice, for double encoding), `\` as `/`, `;params` dropped from each segment, dot
+/// segments resolved. Only ever used to restrict more.
+pub fn lenient(path_and_query: &str) -> String {
+    let path = path_and_query
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(path_and_query);
+    let mut bytes = path.as_bytes().to_vec();
+    for _ in 0..2 {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |x: u8| (x as char).to_digit(16);
+            if bytes[i] == b'%' {
+                if let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).and_then(|x| hex(*x)),
+                    bytes.get(i + 2).and_then(|x| hex(*x)),
+                ) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        bytes = out;
+    }
+    let text = String::from_utf8_lossy(&bytes)
+        .to_lowercase()
+        .replace('\\', "/");
+    let mut segs: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for seg in text.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        trailing = matches!(seg, "" | "." | "..");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = String::new();
+    for s in &segs {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing || segs.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// The path for rule matching and whether it is ambiguous (see the module docs).
@@ -417,6 +510,16 @@ mod tests {
         );
         let rule = |h, path| p.rule_for(h, path).map(|r| (r.index, r.policy));
         assert_eq!(
+            rule("app.acme.com", "/public"),
+            Some((1, RulePolicy::Bypass))
+        );
+        assert_eq!(
+            rule("app.acme.com", "/healthz/x"),
+            Some((1, RulePolicy::Bypass))
+        );
+        assert_eq!(rule("app.acme.com", "/healthzXYZ"), None);
+        assert_eq!(rule("app.acme.com", "/PUBLIC/x"), None);
+        assert_eq!(
             rule("app.acme.com", "/public/x"),
             Some((1, RulePolicy::Bypass))
         );
@@ -437,10 +540,33 @@ mod tests {
             Some((3, RulePolicy::Deny))
         );
         assert_eq!(rule("acme.com", "/secret"), None);
+        // Restricting rules also match the most lenient reading of the path.
+        for p in [
+            "/secret",
+            "/secret/x",
+            "/%2Fsecret",
+            "/x/..;/secret",
+            "/SECRET/a",
+            "/secret%2Fusers",
+            "/x/%252e%252e/secret",
+            "/x\\..\\secret",
+        ] {
+            assert_eq!(rule("x.acme.com", p), Some((3, RulePolicy::Deny)), "{p}");
+        }
+        assert_eq!(rule("x.acme.com", "/secretary"), None);
         let admins = p.rule_for("admin.acme.com", "/").unwrap();
         assert!(admins.admits("x@y.org", &["admins".to_string()]));
         assert!(!admins.admits("alice@acme.com", &[]));
         assert_eq!(p.config_groups("Alice@acme.com"), ["admins".to_string()]);
+    }
+
+    #[test]
+    fn ipv6_hosts_in_any_spelling() {
+        let p = policy("[[access.rules]]\nhost = \"[0:0::1]\"\npolicy = \"deny\"\n");
+        for h in ["[::1]", "[0::1]", "[0:0:0:0:0:0:0:1]"] {
+            assert!(p.rule_for(h, "/").is_some(), "{h}");
+        }
+        assert!(p.rule_for("[::2]", "/").is_none());
     }
 
     #[test]
@@ -455,6 +581,10 @@ mod tests {
         );
         assert_eq!(
             bad("[[access.rules]]\nhost = \"https://a.b\"\n"),
+            "access.rules[1].host"
+        );
+        assert_eq!(
+            bad("[[access.rules]]\nhost = \"[foo]\"\n"),
             "access.rules[1].host"
         );
         assert_eq!(

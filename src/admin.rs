@@ -367,6 +367,12 @@ pub async fn audit(
     let since = since
         .map(|s| parse_since(s, now()).map_err(|e| AdminError::Input(format!("--since: {e}"))))
         .transpose()?;
+    if let Some(e) = event.filter(|e| !crate::audit::EVENTS.contains(e)) {
+        return Err(AdminError::Input(format!(
+            "--event {e:?} is not an audit event; one of: {}",
+            crate::audit::EVENTS.join(", ")
+        )));
+    }
     let store = open(cfg)?;
     let rows = store
         .list_audit(AuditFilter {

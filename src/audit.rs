@@ -13,6 +13,25 @@ use tokio::sync::mpsc;
 
 use crate::store::{now, AuditEvent, Store};
 
+/// Every event name the audit trail uses (server and admin CLI).
+pub const EVENTS: &[&str] = &[
+    "sign_in_requested",
+    "sign_in_refused",
+    "sign_in_confirmed",
+    "sign_in_approved",
+    "sign_in_denied",
+    "confirm_refused",
+    "signed_out",
+    "rate_limited",
+    "access_denied",
+    "user_added",
+    "user_removed",
+    "user_blocked",
+    "user_unblocked",
+    "groups_changed",
+    "sessions_revoked",
+];
+
 /// Records waiting to be written at most.
 pub const QUEUE: usize = 65_536;
 const FLUSH: Duration = Duration::from_secs(1);

@@ -186,6 +186,19 @@ impl Limiter {
     }
 }
 
+/// The key for an address's mailbox: lower case, without a `+tag`, so `victim+1@`,
+/// `victim+2@` … share one allowance.
+pub fn mailbox_key(email: &str) -> String {
+    let lower = email.to_ascii_lowercase();
+    match lower.rsplit_once('@') {
+        Some((local, domain)) => {
+            let local = local.split('+').next().unwrap_or(local);
+            format!("{local}@{domain}")
+        }
+        None => lower,
+    }
+}
+
 /// The key for a client IP: the address, or its /64 for IPv6 (one subscriber's range).
 pub fn ip_key(ip: IpAddr) -> Vec<u8> {
     match ip {
@@ -194,64 +207,6 @@ pub fn ip_key(ip: IpAddr) -> Vec<u8> {
             Some(v4) => v4.octets().to_vec(),
             None => v6.octets()[..8].to_vec(),
         },
-    }
-}
-
-/// Browsers that asked for a sign-in the server refused to send (an address `[access]`
-/// does not admit, or a blocked user). They got the same "check your email" answer and
-/// cookie as everyone; this lets the waiting page and the code form answer them the way
-/// they answer a real request, so neither reveals which addresses may sign in. Bounded
-/// like the limiters; entries live for `link_ttl`.
-pub struct Decoys {
-    map: Mutex<HashMap<crate::secrets::Hash, Decoy>>,
-    capacity: usize,
-}
-
-#[derive(Clone)]
-pub struct Decoy {
-    pub email: String,
-    pub match_number: String,
-    pub expires: Instant,
-}
-
-impl Decoys {
-    pub fn new(capacity: usize) -> Decoys {
-        Decoys {
-            map: Mutex::new(HashMap::new()),
-            capacity,
-        }
-    }
-
-    pub fn insert(&self, session: crate::secrets::Hash, d: Decoy, now: Instant) {
-        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= self.capacity {
-            m.retain(|_, d| d.expires > now);
-            if m.len() * 10 >= self.capacity * 9 {
-                let drop: Vec<_> = m.keys().take(self.capacity / 10 + 1).copied().collect();
-                for k in drop {
-                    m.remove(&k);
-                }
-            }
-        }
-        m.insert(session, d);
-    }
-
-    pub fn get(&self, session: &crate::secrets::Hash, now: Instant) -> Option<Decoy> {
-        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(session).filter(|d| d.expires > now).cloned()
-    }
-
-    pub fn remove(&self, session: &crate::secrets::Hash) {
-        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        m.remove(session);
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -270,11 +225,10 @@ pub struct Limits {
     pub audit_budget: Limiter,
     /// Repeatable events not recorded because of `audit_budget`.
     pub audit_suppressed: std::sync::atomic::AtomicU64,
-    pub decoys: Decoys,
 }
 
-/// At most this many repeatable events (refusals, rate limits, denied access) a minute
-/// go to the audit table and log; the rest are counted in a warning.
+/// At most this many repeatable events of each kind (refusals, rate limits, denied
+/// access) a minute go to the audit table and log; the rest are counted in a warning.
 pub const AUDIT_BUDGET: u32 = 600;
 
 impl Limits {
@@ -300,15 +254,17 @@ impl Limits {
                 16,
             ),
             audit_suppressed: std::sync::atomic::AtomicU64::new(0),
-            decoys: Decoys::new(n),
         }
     }
 
-    /// `POST /auth`: per IP (every attempt), then per address, then the global ceiling.
+    /// `POST /auth`: per IP (every attempt), then per mailbox, then the global ceiling
+    /// (looked at before the mailbox is counted, so a full ceiling costs nobody their
+    /// per-address allowance).
     pub fn sign_in(&self, ip: IpAddr, email: &str, now: Instant) -> Result<(), Limited> {
         self.sign_in_ip.hit(&ip_key(ip), now)?;
+        self.sign_in_global.check(b"", now)?;
         self.sign_in_address
-            .hit(email.to_ascii_lowercase().as_bytes(), now)?;
+            .hit(mailbox_key(email).as_bytes(), now)?;
         self.sign_in_global.hit(b"", now)
     }
 
@@ -319,7 +275,6 @@ impl Limits {
             + self.codes_ip.len()
             + self.unknown_links_ip.len()
             + self.audit_echo.len()
-            + self.decoys.len()
     }
 }
 
@@ -373,6 +328,13 @@ mod tests {
             assert!(l.hit(b"k", t0).is_ok());
         }
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn plus_tags_share_a_mailbox() {
+        assert_eq!(mailbox_key("Victim+1@Example.com"), "victim@example.com");
+        assert_eq!(mailbox_key("victim@example.com"), "victim@example.com");
+        assert_eq!(mailbox_key("+x@example.com"), "@example.com");
     }
 
     #[test]

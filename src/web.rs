@@ -95,7 +95,8 @@ impl Ctx {
         if limits.audit_echo.hit(k.as_bytes(), now).is_err() {
             return;
         }
-        if limits.audit_budget.hit(b"", now).is_err() {
+        // A budget per kind of event, so a flood of one kind cannot hide the others.
+        if limits.audit_budget.hit(event.as_bytes(), now).is_err() {
             let n = limits
                 .audit_suppressed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -12,7 +12,7 @@ use crate::web::{self, Ctx, Resp};
 pub async fn me(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     match session::current(&ctx.app, req.headers()).await? {
         Some(s) if !s.allowed => Err(AppError::Forbidden(
-            "this address is no longer allowed to sign in here".into(),
+            "this address is no longer allowed to sign in here.".into(),
         )),
         Some(s) => Ok(web::json(
             StatusCode::OK,

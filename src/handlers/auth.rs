@@ -110,20 +110,8 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             ctx.app.mail_wake.notify_one();
             ("sign_in_requested", format!("request {}", s.request_id))
         }
-        Err(why) => {
-            // Remember this browser, so its waiting page and code form behave as for
-            // a real request.
-            ctx.app.limits.decoys.insert(
-                session_hash,
-                crate::limits::Decoy {
-                    email: email.clone(),
-                    match_number: match_number.clone(),
-                    expires: std::time::Instant::now() + cfg.session.link_ttl.0,
-                },
-                std::time::Instant::now(),
-            );
-            ("sign_in_refused", why.as_str().to_string())
-        }
+        // Stored as a silent request: no mail, never confirmable, otherwise the same.
+        Err(why) => ("sign_in_refused", why.as_str().to_string()),
     };
     tracing::info!(target: "audit", event, email = %email, ip = %ctx.client_ip, detail = %detail, "audit");
 
@@ -182,22 +170,6 @@ pub async fn wait(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         }
         None => WaitState::Gone(crate::store::Refusal::Unknown),
     };
-    if matches!(state, WaitState::Gone(crate::store::Refusal::Unknown)) {
-        if let Some(d) = decoy(ctx, req.headers()) {
-            if ctx.wants_json {
-                return Ok(web::json(StatusCode::OK, json!({ "status": "waiting" })));
-            }
-            return pages::render(
-                StatusCode::OK,
-                &CheckEmail {
-                    app_name: ctx.app.name(),
-                    email: &d.email,
-                    match_number: &d.match_number,
-                    error: None,
-                },
-            );
-        }
-    }
     match state {
         WaitState::SignedIn(s) => Ok(signed_in_response(ctx, &s, "approved on another device")),
         WaitState::Waiting {
@@ -244,12 +216,6 @@ pub async fn wait(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     }
 }
 
-/// The refused-sign-in stand-in for this browser's cookie, if it has one.
-fn decoy(ctx: &Ctx, h: &hyper::HeaderMap) -> Option<crate::limits::Decoy> {
-    let hash = web::session_hash(h, &ctx.app.cfg.cookie.name)?;
-    ctx.app.limits.decoys.get(&hash, std::time::Instant::now())
-}
-
 pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     web::check_origin(req.headers(), &ctx.app)?;
     let ip = crate::limits::ip_key(ctx.client_ip);
@@ -287,34 +253,6 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             },
         )
         .await?;
-    let out = match out {
-        // A refused address's browser: wrong, like any guess at a real request.
-        Err(crate::store::Refusal::Unknown) => match decoy(ctx, &headers) {
-            Some(d) => {
-                if ctx.wants_json {
-                    return super::refused(ctx, crate::store::Refusal::Wrong, &d.email, "code");
-                }
-                ctx.audit_once(
-                    "confirm_refused",
-                    &format!("code\0{}", ctx.client_ip),
-                    &d.email,
-                    None,
-                    "code: wrong",
-                );
-                return pages::render(
-                    StatusCode::BAD_REQUEST,
-                    &CheckEmail {
-                        app_name: ctx.app.name(),
-                        email: &d.email,
-                        match_number: &d.match_number,
-                        error: Some("That code is not right. Check the email and try again."),
-                    },
-                );
-            }
-            None => Err(crate::store::Refusal::Unknown),
-        },
-        other => other,
-    };
     match out {
         Ok(s) => Ok(signed_in_response(ctx, &s, "code")),
         Err(crate::store::Refusal::Wrong) => {

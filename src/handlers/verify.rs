@@ -69,7 +69,16 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
                 &format!("{}\0{}", signed.user.user_id, original.host()),
                 &signed.user.email,
                 Some(signed.user.user_id),
-                format!("{}{} ({why})", original.host(), original.path),
+                // The path only: a query string may hold the app's own secrets.
+                format!(
+                    "{}{} ({why})",
+                    original.host(),
+                    crate::access::canonical(original.path)
+                        .0
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                ),
             );
             return forbidden(ctx, &original, Some(&signed.user.email), h);
         }

@@ -109,6 +109,15 @@ const STEPS: &[&str] = &[
         heartbeat_at  INTEGER NOT NULL
     );
     "#,
+    // 5: refused sign-ins (an address [access] does not admit, a blocked user) are
+    // stored like any other, flagged silent: no mail, never confirmable, so they behave
+    // exactly like a real one to whoever asked. users.confirmed_at: first sign-in, so
+    // users that never signed in can be swept (existing users count as signed in).
+    r#"
+    ALTER TABLE sign_in_requests ADD COLUMN silent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN confirmed_at INTEGER;
+    UPDATE users SET confirmed_at = created_at;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

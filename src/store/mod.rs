@@ -107,6 +107,8 @@ pub struct RequestInfo {
     pub user_agent: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// A refused sign-in (no mail was sent): never confirmable.
+    pub silent: bool,
 }
 
 impl RequestInfo {
@@ -550,6 +552,9 @@ impl Store {
             if let Err(r) = usable(&req, now) {
                 return Ok(Err(r));
             }
+            if req.silent {
+                return Ok(Err(Refusal::Unknown));
+            }
             if !set_state(&tx, req.id, "consumed")? {
                 return Ok(Err(Refusal::Used));
             }
@@ -570,6 +575,7 @@ impl Store {
                  VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5, ?6)",
                 params![&hash[..], user_id, now, now + lifetime, ip, user_agent],
             )?;
+            first_sign_in(&tx, user_id, now)?;
             tx.commit()?;
             Ok(Ok(SignedIn {
                 token,
@@ -596,6 +602,9 @@ impl Store {
             };
             if let Err(r) = usable(&req, now) {
                 return Ok(Err(r));
+            }
+            if req.silent {
+                return Ok(Err(Refusal::Unknown));
             }
             let ok = number.len() == req.match_number.len()
                 && secrets::ct_eq(number.as_bytes(), req.match_number.as_bytes());
@@ -698,7 +707,10 @@ impl Store {
                 return Ok(Err(Refusal::Throttled));
             }
             let expected = key.code(&req.salt);
-            let out = if code.len() == expected.len()
+            // A silent (refused) request takes guesses like any other, right or wrong,
+            // and never signs anyone in.
+            let out = if !req.silent
+                && code.len() == expected.len()
                 && secrets::ct_eq(code.as_bytes(), expected.as_bytes())
             {
                 Ok(consume_and_confirm(&tx, &req, now, lifetime)?)
@@ -733,7 +745,7 @@ impl Store {
                 "SELECT o.id, o.kind, o.request_id, o.recipient, o.subject, o.text_body,
                         o.html_body, o.attempts,
                         r.id, u.email, r.salt, r.link_hash, r.state, r.match_number,
-                        r.return_to, r.ip, r.user_agent, r.created_at, r.expires_at
+                        r.return_to, r.ip, r.user_agent, r.created_at, r.expires_at, r.silent
                    FROM outbox o
                    LEFT JOIN sign_in_requests r ON r.id = o.request_id
                    LEFT JOIN users u ON u.id = r.user_id
@@ -755,6 +767,7 @@ impl Store {
                             user_agent: r.get(16)?,
                             created_at: r.get(17)?,
                             expires_at: r.get(18)?,
+                            silent: r.get(19)?,
                         }),
                         None => None,
                     };
@@ -840,6 +853,16 @@ impl Store {
     pub async fn sweep(&self, now: i64, audit_retention: i64) -> Result<usize> {
         self.write(move |c| {
             let mut n = c.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+            // Users who never signed in (refused or abandoned sign-ins), once their
+            // requests are gone; not invited, blocked or grouped ones.
+            n += c.execute(
+                "DELETE FROM users WHERE confirmed_at IS NULL AND invited = 0 AND blocked = 0
+                   AND created_at <= ?1
+                   AND NOT EXISTS (SELECT 1 FROM sign_in_requests r WHERE r.user_id = users.id)
+                   AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = users.id)
+                   AND NOT EXISTS (SELECT 1 FROM user_groups g WHERE g.user_id = users.id)",
+                params![now - 86400],
+            )?;
             if audit_retention > 0 {
                 n += c.execute(
                     "DELETE FROM audit WHERE at <= ?1",
@@ -951,10 +974,6 @@ fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> SignInResult {
             },
         )
     };
-    if let Some(why) = refused {
-        audit("sign_in_refused", known.map(|k| k.0), why.as_str())?;
-        return Ok(Err(why));
-    }
     let (user_id, email): (i64, String) = tx
         .prepare_cached(
             "INSERT INTO users (email, created_at) VALUES (?1, ?2)
@@ -994,6 +1013,14 @@ fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> SignInResult {
         n.now + n.link_ttl
     ])?;
     let request_id = tx.last_insert_rowid();
+    if let Some(why) = refused {
+        // Stored like any request, so every later answer about it is the same as for a
+        // real one; but silent: no mail, and no code or link can ever confirm it.
+        tx.prepare_cached("UPDATE sign_in_requests SET silent = 1 WHERE id = ?1")?
+            .execute(params![request_id])?;
+        audit("sign_in_refused", Some(user_id), why.as_str())?;
+        return Ok(Err(why));
+    }
     tx.prepare_cached(
         "INSERT INTO outbox (kind, request_id, recipient, next_attempt_at, created_at)
                  VALUES ('sign_in', ?1, ?2, ?3, ?3)",
@@ -1035,7 +1062,7 @@ fn request_where<P: rusqlite::ToSql>(
 ) -> Result<Option<RequestInfo>> {
     let sql = format!(
         "SELECT r.id, u.email, r.salt, r.link_hash, r.state, r.match_number, r.return_to,
-                r.ip, r.user_agent, r.created_at, r.expires_at
+                r.ip, r.user_agent, r.created_at, r.expires_at, r.silent
            FROM sign_in_requests r JOIN users u ON u.id = r.user_id WHERE {cond}"
     );
     Ok(c.prepare_cached(&sql)?
@@ -1052,6 +1079,7 @@ fn request_where<P: rusqlite::ToSql>(
                 user_agent: r.get(8)?,
                 created_at: r.get(9)?,
                 expires_at: r.get(10)?,
+                silent: r.get(11)?,
             })
         })
         .optional()?)
@@ -1097,6 +1125,11 @@ fn consume_and_confirm(
     now: i64,
     lifetime: i64,
 ) -> Result<SignedIn> {
+    if req.silent {
+        return Err(StoreError::Db(
+            "a silent request cannot be confirmed".into(),
+        ));
+    }
     if !set_state(c, req.id, "consumed")? {
         return Err(StoreError::Db(
             "request changed state during confirmation".into(),
@@ -1110,12 +1143,20 @@ fn consume_and_confirm(
         params![req.id, &hash[..], now, now + lifetime],
         |r| r.get(0),
     )?;
+    first_sign_in(c, user_id, now)?;
     Ok(SignedIn {
         token,
         return_to: req.return_to.clone(),
         user_id,
         email: req.email.clone(),
     })
+}
+
+/// Remember when a user first signed in (users who never did are swept).
+fn first_sign_in(c: &Connection, user_id: i64, now: i64) -> Result<()> {
+    c.prepare_cached("UPDATE users SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL")?
+        .execute(params![user_id, now])?;
+    Ok(())
 }
 
 fn cancel_request(c: &Connection, id: i64) -> Result<()> {

@@ -253,7 +253,6 @@ impl Store {
             };
             audit_admin(&tx, now, "user_added", &stored, Some(user_id), detail)?;
             let changes = change_groups(&tx, user_id, &groups, &[])?;
-            let mut seq = None;
             if !changes.is_empty() {
                 audit_admin(
                     &tx,
@@ -263,10 +262,15 @@ impl Store {
                     Some(user_id),
                     &changes.join(" "),
                 )?;
-                if !created {
-                    seq = Some(record_revocation(&tx, Some(user_id), now)?);
-                }
             }
+            // New groups, or newly invited (a user the [access] lists no longer admit is
+            // admitted again): running servers must re-read the user's sessions.
+            let newly_invited = detail == "existing user invited";
+            let seq = if !created && (newly_invited || !changes.is_empty()) {
+                Some(record_revocation(&tx, Some(user_id), now)?)
+            } else {
+                None
+            };
             let groups = groups_of(&tx, user_id)?;
             tx.commit()?;
             Ok(UserChange {
@@ -343,7 +347,7 @@ impl Store {
                   WHERE user_id = ?1 AND state IN ('pending', 'approved')",
                 params![user_id],
             )?;
-            // Waiting browsers' pending sessions go too; they learn "cancelled".
+            // Waiting browsers' pending sessions go too: they see no sign-in in progress.
             tx.execute("DELETE FROM sessions WHERE user_id = ?1", params![user_id])?;
             let mails = drop_queued_mail(&tx, user_id, &stored, "user blocked")?;
             let detail = if created {
