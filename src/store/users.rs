@@ -528,6 +528,32 @@ mod tests {
         secrets::hash(&done.token)
     }
 
+    #[tokio::test]
+    async fn users_who_never_signed_in_are_swept_once_their_requests_are_gone() {
+        let (_d, s) = store();
+        signed_in(&s, "kept@example.com").await;
+        request(&s, "never@example.com").await;
+        s.add_user("invited@example.com".into(), vec![], now())
+            .await
+            .unwrap();
+        s.sweep(now(), 0).await.unwrap();
+        assert_eq!(s.list_users(None, now()).await.unwrap().len(), 3);
+        // Two days on, sessions and requests have expired; the next sweeps remove them,
+        // then the user who never signed in. The others stay (ids apps may have stored).
+        let later = now() + 2 * 86400;
+        s.sweep(later, 0).await.unwrap();
+        s.sweep(later, 0).await.unwrap();
+        let mut left: Vec<String> = s
+            .list_users(None, later)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.email)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["invited@example.com", "kept@example.com"]);
+    }
+
     /// The admin events (sign-in requests are audited too, by the sign-in writer).
     fn events(rows: &[AuditRow]) -> Vec<(&str, &str, &str)> {
         rows.iter()
@@ -679,7 +705,14 @@ mod tests {
             .add_user("bob@example.com".into(), vec![], t)
             .await
             .unwrap();
-        assert!(!c.created && c.seq.is_none() && c.groups.is_empty());
+        // Newly invited: running servers re-read the user (the [access] lists may not
+        // admit them, an invitation does).
+        assert!(!c.created && c.seq.is_some() && c.groups.is_empty());
+        let again = s
+            .add_user("bob@example.com".into(), vec![], t)
+            .await
+            .unwrap();
+        assert!(again.seq.is_none(), "already invited: nothing to re-read");
         let c = s
             .add_user("bob@example.com".into(), vec!["dev".into()], t)
             .await
@@ -751,6 +784,7 @@ mod tests {
                 ("user_added", "ann@example.com", "new user"),
                 ("groups_changed", "ann@example.com", "+ops +admins"),
                 ("user_added", "bob@example.com", "existing user invited"),
+                ("user_added", "bob@example.com", "already invited"),
                 ("user_added", "bob@example.com", "already invited"),
                 ("groups_changed", "bob@example.com", "+dev"),
                 ("groups_changed", "ann@example.com", "+dev -admins"),
