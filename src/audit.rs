@@ -99,26 +99,17 @@ pub fn log(e: &AuditEvent) {
 /// Write queued events once a second until `stop`, then write what is left.
 pub async fn run(
     store: Store,
-    mut queue: mpsc::Receiver<AuditEvent>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    queue: mpsc::Receiver<AuditEvent>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.wait_for(|s| *s) => true,
-            _ = tokio::time::sleep(FLUSH) => false,
-        };
-        let mut batch = Vec::new();
-        while let Ok(e) = queue.try_recv() {
-            batch.push(e);
-        }
-        if !batch.is_empty() {
+    crate::batch::flush_every(queue, FLUSH, stop, |batch| {
+        let store = store.clone();
+        async move {
             let n = batch.len();
             if let Err(e) = store.record_audit(batch).await {
                 tracing::warn!(error = %e, events = n, "could not write audit events");
             }
         }
-        if stopping {
-            return;
-        }
-    }
+    })
+    .await
 }

@@ -8,6 +8,7 @@ pub mod access;
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod batch;
 pub mod config;
 pub mod email_addr;
 pub mod error;

@@ -48,27 +48,18 @@ pub const ACTIVITY_QUEUE: usize = 65_536;
 /// then write what is left.
 pub async fn record_activity(
     store: crate::store::Store,
-    mut queue: tokio::sync::mpsc::Receiver<(i64, i64)>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    queue: tokio::sync::mpsc::Receiver<(i64, i64)>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.wait_for(|s| *s) => true,
-            _ = tokio::time::sleep(ACTIVITY_FLUSH) => false,
-        };
-        let mut batch = Vec::new();
-        while let Ok(x) = queue.try_recv() {
-            batch.push(x);
-        }
-        if !batch.is_empty() {
+    crate::batch::flush_every(queue, ACTIVITY_FLUSH, stop, |batch| {
+        let store = store.clone();
+        async move {
             if let Err(e) = store.touch_many(batch).await {
                 tracing::warn!(error = %e, "could not record session activity");
             }
         }
-        if stopping {
-            return;
-        }
-    }
+    })
+    .await
 }
 
 /// A signed-in session, with its access facts and identity headers worked out once, so

@@ -105,6 +105,15 @@ async fn wait_audit(
     panic!("audit never showed {what}: {:#?}", audit_rows(ab));
 }
 
+/// The waiting browser's page (or its JSON status).
+async fn wait_page(b: &mut Browser, json: bool) -> Resp {
+    if json {
+        b.get_json("/auth").await
+    } else {
+        b.get("/auth").await
+    }
+}
+
 /// A response with everything that must differ between two sign-in requests masked:
 /// the address (same length in these tests), the random match number, the cookie value
 /// and the date.
@@ -202,11 +211,7 @@ async fn only_allowed_addresses_get_mail_and_every_answer_looks_the_same() {
                 Some(want) => assert_eq!(&m, want, "POST /auth for {email} differs"),
             }
             // The waiting page (and its JSON status) looks the same too.
-            let w = if json {
-                b.get_json("/auth").await
-            } else {
-                b.get("/auth").await
-            };
+            let w = wait_page(&mut b, json).await;
             assert_eq!(w.status, 200, "{email}: {}", w.body);
             let m = masked(&w, email);
             match &waiting_ref {
@@ -233,20 +238,12 @@ async fn only_allowed_addresses_get_mail_and_every_answer_looks_the_same() {
                 };
                 later += &masked(&r, email);
             }
-            let w = if json {
-                b.get_json("/auth").await
-            } else {
-                b.get("/auth").await
-            };
+            let w = wait_page(&mut b, json).await;
             later += &masked(&w, email);
             b.origin = Some("http://auth.test.localhost".into());
             let r = b.post_form("/sign_out", &[]).await;
             later += &masked(&r, email);
-            let w = if json {
-                b.get_json("/auth").await
-            } else {
-                b.get("/auth").await
-            };
+            let w = wait_page(&mut b, json).await;
             later += &masked(&w, email);
             assert!(later.contains("410 Gone"), "{later}");
             match &later_ref {

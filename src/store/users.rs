@@ -493,23 +493,32 @@ mod tests {
         (dir, s)
     }
 
+    /// A sign-in for `email` as the handler builds it (allowed by the policy).
+    fn sign_in(email: &str) -> NewSignIn {
+        NewSignIn {
+            email: email.into(),
+            replaces: None,
+            session_hash: secrets::random(),
+            salt: secrets::random(),
+            link_hash: secrets::random(),
+            match_number: "42".into(),
+            return_to: None,
+            ip: "192.0.2.1".into(),
+            user_agent: "test".into(),
+            now: now(),
+            link_ttl: 600,
+            allowed: true,
+        }
+    }
+
     /// A sign-in request with its queued mail; returns (session hash, link hash).
     async fn request(s: &Store, email: &str) -> (secrets::Hash, secrets::Hash) {
         let (session_hash, link_hash) = (secrets::random::<32>(), secrets::random::<32>());
         let started = s
             .start_sign_in(NewSignIn {
-                email: email.into(),
-                replaces: None,
                 session_hash,
-                salt: secrets::random(),
                 link_hash,
-                match_number: "42".into(),
-                return_to: None,
-                ip: "192.0.2.1".into(),
-                user_agent: "test".into(),
-                now: now(),
-                link_ttl: 600,
-                allowed: true,
+                ..sign_in(email)
             })
             .await
             .unwrap();
@@ -600,23 +609,7 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].recipient, "walt@example.com");
         // No new sign-in either.
-        let refused = s
-            .start_sign_in(NewSignIn {
-                email: "vera@example.com".into(),
-                replaces: None,
-                session_hash: secrets::random(),
-                salt: secrets::random(),
-                link_hash: secrets::random(),
-                match_number: "42".into(),
-                return_to: None,
-                ip: String::new(),
-                user_agent: String::new(),
-                now: now(),
-                link_ttl: 600,
-                allowed: true,
-            })
-            .await
-            .unwrap();
+        let refused = s.start_sign_in(sign_in("vera@example.com")).await.unwrap();
         assert_eq!(refused.unwrap_err(), super::super::NotStarted::Blocked);
         let u = s
             .list_users(Some("vera@example.com".into()), now())
@@ -664,23 +657,7 @@ mod tests {
         assert_eq!(c.seq, None, "nothing cached to evict");
         let u = s.list_users(None, now()).await.unwrap();
         assert_eq!((u.len(), u[0].blocked, u[0].invited), (1, true, false));
-        let r = s
-            .start_sign_in(NewSignIn {
-                email: "NEW@example.com".into(),
-                replaces: None,
-                session_hash: secrets::random(),
-                salt: secrets::random(),
-                link_hash: secrets::random(),
-                match_number: "42".into(),
-                return_to: None,
-                ip: String::new(),
-                user_agent: String::new(),
-                now: now(),
-                link_ttl: 600,
-                allowed: true,
-            })
-            .await
-            .unwrap();
+        let r = s.start_sign_in(sign_in("NEW@example.com")).await.unwrap();
         assert_eq!(r.unwrap_err(), super::super::NotStarted::Blocked);
     }
 
