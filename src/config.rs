@@ -100,6 +100,8 @@ pub struct Config {
     pub access: AccessConfig,
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     /// Derived at validation; never read from the file.
     #[serde(skip)]
     pub derived: Derived,
@@ -119,6 +121,8 @@ pub struct Derived {
     pub cookie_domain: Option<String>,
     /// `[access]`, compiled.
     pub access: crate::access::Policy,
+    /// `metrics.listen`, parsed; `None`: `/metrics` is served on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +306,44 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[metrics]`: Prometheus exposition at `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Empty: on the main listener. An address: only there (e.g. a loopback or
+    /// internal-network port the public proxy does not reach).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: String::new(),
+        }
+    }
+}
+
+/// `[log]`: what goes to stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `warn,audit=info`, …); `RUST_LOG` wins.
+    pub level: String,
+    /// `pretty` or `json`; `--log-format` / `AUTHBASE_LOG_FORMAT` win.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "pretty".into(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -321,6 +363,8 @@ impl Default for Config {
             access: AccessConfig::default(),
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
             derived: Derived::default(),
         }
     }
@@ -644,6 +688,31 @@ impl Config {
             return Err(err("limits.sign_in_address_gap", "must be at most 1d"));
         }
         self.derived.access = crate::access::Policy::compile(&self.access)?;
+
+        if !self.metrics.listen.is_empty() {
+            let a: SocketAddr = self.metrics.listen.parse().map_err(|_| {
+                err(
+                    "metrics.listen",
+                    format!("`{}` is not an address like 127.0.0.1:9092", self.metrics.listen),
+                )
+            })?;
+            if Some(a) == self.derived.listen && a.port() != 0 {
+                return Err(err(
+                    "metrics.listen",
+                    "is the same as `listen`; leave it empty to serve /metrics there",
+                ));
+            }
+            self.derived.metrics_listen = Some(a);
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return Err(err("log.format", "must be \"pretty\" or \"json\""));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(err(
+                "log.level",
+                format!("`{}` is not a log filter like \"info\" or \"warn,audit=info\"", self.log.level),
+            ));
+        }
         Ok(())
     }
 

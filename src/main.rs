@@ -18,9 +18,9 @@ struct Cli {
     /// Configuration file [default: ./authbase.toml, or built-in defaults when there is none].
     #[arg(long, global = true, env = "AUTHBASE_CONFIG")]
     config: Option<PathBuf>,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "AUTHBASE_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Log format on stderr [default: `log.format` in the config, else pretty].
+    #[arg(long, global = true, value_enum, env = "AUTHBASE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -134,7 +134,6 @@ const EXIT_DATAERR: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let default = PathBuf::from("authbase.toml");
     let (cfg, source) = match &cli.config {
         Some(p) => (Config::load(p, &ProcessEnv), p.display().to_string()),
@@ -151,6 +150,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let format = cli.log_format.unwrap_or(if cfg.log.format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Pretty
+    });
+    init_logging(format, &cfg.log.level);
     match cli.command {
         Command::CheckConfig => {
             for w in cfg.warnings() {
@@ -292,9 +297,12 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn init_logging(format: LogFormat) {
+/// Logging on stderr: `RUST_LOG` wins over `log.level` (validated at load).
+fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
