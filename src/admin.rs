@@ -352,6 +352,76 @@ pub async fn sessions_revoke(cfg: &Config, user: Option<&str>) -> Result<Report,
     Ok(applied(&store, Some(seq), out.into()).await)
 }
 
+// ---------------------------------------------------------------- database
+
+/// `authbase migrate`: create the database if needed and bring its schema up to date
+/// (servers do this on start too; this is for deployment steps and checks).
+pub async fn migrate(cfg: &Config) -> Result<Report, AdminError> {
+    let path = std::path::Path::new(&cfg.database);
+    let before = Store::schema_version(path)
+        .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", cfg.database)))?;
+    Store::open(path, Duration::from_secs(5))
+        .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", cfg.database)))?;
+    let latest = Store::latest_schema();
+    Ok(match before {
+        None => format!("created {} at schema version {latest}\n", cfg.database),
+        Some(v) if v == latest => format!(
+            "{} is at schema version {latest}, the latest\n",
+            cfg.database
+        ),
+        Some(v) => format!(
+            "migrated {} from schema version {v} to {latest}\n",
+            cfg.database
+        ),
+    }
+    .into())
+}
+
+/// `authbase backup PATH`: an online copy of the database (servers keep running).
+pub async fn backup(cfg: &Config, dest: &std::path::Path) -> Result<Report, AdminError> {
+    if dest.exists() {
+        return Err(AdminError::Input(format!(
+            "{} exists; back up to a new file",
+            dest.display()
+        )));
+    }
+    let store = open(cfg)?;
+    // Written under a temporary name and renamed when complete and checked, so a
+    // failed or interrupted backup never leaves a file that looks like one.
+    let partial = dest.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let pages = match store.backup(partial.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(AdminError::Unavailable(format!(
+                "backup to {}: {e}",
+                dest.display()
+            )));
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600));
+    }
+    std::fs::rename(&partial, dest).map_err(|e| {
+        AdminError::Unavailable(format!(
+            "cannot move the backup into {}: {e}",
+            dest.display()
+        ))
+    })?;
+    let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    Ok(format!(
+        "backed up {} to {} ({pages} pages, {bytes} bytes, integrity ok)\n\
+         the server key ({}) is not in it: keep a copy of that file too\n",
+        cfg.database,
+        dest.display(),
+        cfg.secret_key_file
+    )
+    .into())
+}
+
 // ---------------------------------------------------------------- audit
 
 /// `authbase audit [--user EMAIL] [--since WHEN] [--event NAME] [--limit N] [--json]`.

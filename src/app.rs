@@ -23,6 +23,8 @@ pub struct App {
     pub limits: crate::limits::Limits,
     /// The audit trail.
     pub audit: crate::audit::Audit,
+    /// Prometheus counters.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl App {

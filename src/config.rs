@@ -693,7 +693,10 @@ impl Config {
             let a: SocketAddr = self.metrics.listen.parse().map_err(|_| {
                 err(
                     "metrics.listen",
-                    format!("`{}` is not an address like 127.0.0.1:9092", self.metrics.listen),
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:9092",
+                        self.metrics.listen
+                    ),
                 )
             })?;
             if Some(a) == self.derived.listen && a.port() != 0 {
@@ -710,7 +713,10 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(err(
                 "log.level",
-                format!("`{}` is not a log filter like \"info\" or \"warn,audit=info\"", self.log.level),
+                format!(
+                    "`{}` is not a log filter like \"info\" or \"warn,audit=info\"",
+                    self.log.level
+                ),
             ));
         }
         Ok(())

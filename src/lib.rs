@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod handlers;
 pub mod limits;
 pub mod mail;
+pub mod metrics;
 pub mod net;
 pub mod pages;
 pub mod redirect;
@@ -36,6 +37,9 @@ use tokio::sync::{watch, Notify};
 use crate::app::App;
 use crate::config::Config;
 
+/// The git revision this binary was built from (see build.rs).
+pub const GIT_REVISION: &str = env!("AUTHBASE_GIT_REV");
+
 /// How often expired sessions, requests and old mail are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
 
@@ -54,6 +58,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
     let wake = Arc::new(Notify::new());
     let (activity, activity_queue) = tokio::sync::mpsc::channel(session::ACTIVITY_QUEUE);
     let (audit, audit_queue) = audit::Audit::new();
+    let metrics = Arc::new(metrics::Metrics::new());
     let app = Arc::new(App {
         cfg: cfg.clone(),
         store: store.clone(),
@@ -63,6 +68,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
         activity,
         limits: limits::Limits::new(&cfg.limits),
         audit,
+        metrics: metrics.clone(),
     });
     let mailer = mail::Mailer {
         cfg,
@@ -70,6 +76,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
         key,
         transport,
         wake,
+        metrics,
     };
     Ok((
         app,
@@ -94,6 +101,7 @@ pub async fn serve(
     app: Arc<App>,
     background: Background,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Before the first request is answered: an admin command that runs from now on
@@ -104,6 +112,9 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let public = app.cfg.public_base();
+    if let Some(m) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(address = %m, "metrics on http://{m}/metrics");
+    }
     tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -142,7 +153,29 @@ pub async fn serve(
         position,
         stop_rx.clone(),
     ));
-    server::run(listener, app, shutdown).await;
+    // One shutdown signal for both listeners.
+    let (quit_tx, quit_rx) = watch::channel(false);
+    let metrics_server = {
+        let (app, quit) = (app.clone(), stopped(quit_rx.clone()));
+        async move {
+            if let Some(l) = metrics_listener {
+                server::run(l, app, server::Surface::Metrics, quit).await;
+            }
+        }
+    };
+    tokio::join!(
+        async {
+            shutdown.await;
+            let _ = quit_tx.send(true);
+        },
+        server::run(
+            listener,
+            app,
+            server::Surface::Main,
+            stopped(quit_rx.clone())
+        ),
+        metrics_server,
+    );
     let _ = stop_tx.send(true);
     // The mail sender stops between messages; a send in progress gets a bounded time.
     let (mail_abort, sweep_abort) = (mail_task.abort_handle(), sweep_task.abort_handle());

@@ -58,6 +58,7 @@ pub struct Mailer {
     pub key: ServerKey,
     pub transport: Transport,
     pub wake: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why one delivery attempt did not succeed.
@@ -129,12 +130,14 @@ impl Mailer {
         match outcome {
             Ok(()) => {
                 tracing::info!(outbox_id = item.id, kind = %item.kind, attempt, "mail sent");
+                self.metrics.mail(crate::metrics::Mail::Sent, 1);
                 MailOutcome::Sent
             }
             Err(Failure::Retry(error)) if attempt < self.cfg.email.max_attempts as i64 => {
                 let backoff =
                     (1i64 << attempt.min(20)).min(self.cfg.email.retry_max_interval.secs());
                 tracing::warn!(outbox_id = item.id, attempt, retry_in_s = backoff, error = %error, "mail not sent; will retry");
+                self.metrics.mail(crate::metrics::Mail::Retried, 1);
                 MailOutcome::Retry {
                     error,
                     at: now() + backoff,
@@ -142,6 +145,7 @@ impl Mailer {
             }
             Err(Failure::Retry(error) | Failure::Permanent(error)) => {
                 tracing::error!(outbox_id = item.id, attempt, error = %error, "mail failed; giving up");
+                self.metrics.mail(crate::metrics::Mail::Failed, 1);
                 MailOutcome::Failed { error }
             }
         }

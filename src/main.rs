@@ -13,7 +13,11 @@ use authbase::config::{Config, ProcessEnv};
 
 /// Passwordless, email-only sign-in as a forward-auth sidecar for nginx, Traefik and Caddy.
 #[derive(Parser)]
-#[command(name = "authbase", version, propagate_version = true)]
+#[command(
+    name = "authbase",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AUTHBASE_GIT_REV"), ")"),
+    propagate_version = true
+)]
 struct Cli {
     /// Configuration file [default: ./authbase.toml, or built-in defaults when there is none].
     #[arg(long, global = true, env = "AUTHBASE_CONFIG")]
@@ -47,6 +51,13 @@ enum Command {
     Sessions {
         #[command(subcommand)]
         command: SessionsCommand,
+    },
+    /// Create the database if needed and migrate it to the latest schema.
+    Migrate,
+    /// Copy the database to a new file while servers run (SQLite online backup).
+    Backup {
+        /// The file to write; it must not exist.
+        path: PathBuf,
     },
     /// Show the audit trail, oldest first.
     Audit {
@@ -169,6 +180,8 @@ fn main() -> ExitCode {
             serve(cfg)
         }
         Command::Users { command } => run_admin(users(&cfg, command)),
+        Command::Migrate => run_admin(admin::migrate(&cfg)),
+        Command::Backup { path } => run_admin(admin::backup(&cfg, &path)),
         Command::Sessions { command } => run_admin(sessions(&cfg, command)),
         Command::Audit {
             user,
@@ -253,6 +266,7 @@ fn serve(cfg: Config) -> ExitCode {
     };
     rt.block_on(async move {
         let addr = cfg.listen_addr();
+        let metrics_addr = cfg.derived.metrics_listen;
         for w in cfg.warnings() {
             tracing::warn!("{w}");
         }
@@ -270,7 +284,24 @@ fn serve(cfg: Config) -> ExitCode {
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
-        authbase::serve(app, background, listener, shutdown_signal()).await;
+        let metrics_listener = match metrics_addr {
+            None => None,
+            Some(a) => match tokio::net::TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("authbase: cannot listen on {a} (metrics.listen): {e}");
+                    return ExitCode::from(EXIT_UNAVAILABLE);
+                }
+            },
+        };
+        authbase::serve(
+            app,
+            background,
+            listener,
+            metrics_listener,
+            shutdown_signal(),
+        )
+        .await;
         ExitCode::SUCCESS
     })
 }

@@ -39,6 +39,14 @@ async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         "/sign_out" if m == Method::POST => account::sign_out(ctx, req).await,
         "/healthz" if read => health::healthz(ctx).await,
         "/readyz" if read => health::readyz(ctx).await,
+        // On the main listener unless `metrics.listen` gives it one of its own.
+        "/metrics"
+            if read
+                && ctx.app.cfg.metrics.enabled
+                && ctx.app.cfg.derived.metrics_listen.is_none() =>
+        {
+            health::metrics(ctx).await
+        }
         "/static/style.css" if read => Ok(asset("text/css; charset=utf-8", pages::STYLE_CSS)),
         "/static/wait.js" if read => Ok(asset("text/javascript; charset=utf-8", pages::WAIT_JS)),
         p if p.starts_with("/sign_in/") => {
@@ -73,6 +81,19 @@ fn asset(ctype: &'static str, body: &'static str) -> Resp {
     r
 }
 
+/// The separate metrics listener (`metrics.listen`): `/metrics`, and the health checks
+/// for probes that use the same port; nothing else.
+pub async fn route_metrics(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    match req.uri().path() {
+        "/metrics" if read => health::metrics(ctx).await,
+        "/healthz" if read => health::healthz(ctx).await,
+        "/readyz" if read => health::readyz(ctx).await,
+        "/metrics" | "/healthz" | "/readyz" => Err(AppError::MethodNotAllowed("GET, HEAD")),
+        _ => Err(AppError::NotFound),
+    }
+}
+
 /// The path as it may be logged: link secrets are redacted; known routes cost no
 /// allocation.
 pub fn loggable_path(path: &str) -> Cow<'static, str> {
@@ -86,6 +107,7 @@ pub fn loggable_path(path: &str) -> Cow<'static, str> {
         "/sign_out",
         "/healthz",
         "/readyz",
+        "/metrics",
         "/static/style.css",
         "/static/wait.js",
     ];

@@ -28,7 +28,21 @@ use crate::web::{self, Ctx, Resp};
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// Which routes a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (`listen`).
+    Main,
+    /// `/metrics` and the health checks only (`metrics.listen`).
+    Metrics,
+}
+
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    surface: Surface,
+    shutdown: impl Future<Output = ()>,
+) {
     let cfg = app.cfg.clone();
     let permits = Arc::new(Semaphore::new(cfg.server.max_connections));
     let graceful = GracefulShutdown::new();
@@ -62,7 +76,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let svc = service_fn(move |req| handle(app.clone(), peer, req));
+        let svc = service_fn(move |req| handle(app.clone(), peer, surface, req));
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             let _ = conn.await;
@@ -80,16 +94,20 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
 async fn handle(
     app: Arc<App>,
     peer: SocketAddr,
+    surface: Surface,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
+    let endpoint = crate::metrics::endpoint(req.uri().path());
     let method = req.method().clone();
     let path = router::loggable_path(req.uri().path());
     let ctx = Ctx::new(app.clone(), peer, &req);
     let cors = web::cors_origin(req.headers(), req.uri().path(), &app);
     // /verify needs no timer of its own: a cached answer is immediate, and a database
     // read is bounded by the pool's and SQLite's busy timeouts.
-    let result = if path.starts_with("/verify") {
+    let result = if surface == Surface::Metrics {
+        router::route_metrics(&ctx, req).await
+    } else if path.starts_with("/verify") {
         router::route(&ctx, req).await
     } else {
         let timeout = app.cfg.server.request_timeout.0;
@@ -114,6 +132,9 @@ async fn handle(
     // /verify answers the proxy, which logs the same request itself: its lines are
     // `debug` so the hot path does not pay for a second access log. Everything else
     // is `info`.
+    let took = started.elapsed();
+    app.metrics.request(endpoint, resp.status().as_u16(), took);
+    let user_id = resp.extensions().get::<web::UserId>().map(|u| u.0);
     macro_rules! access_log {
         ($lvl:ident) => {
             tracing::$lvl!(
@@ -121,8 +142,9 @@ async fn handle(
                 method = %method,
                 path = %path,
                 status = resp.status().as_u16(),
-                ms = started.elapsed().as_secs_f64() * 1000.0,
+                ms = took.as_secs_f64() * 1000.0,
                 ip = %ctx.client_ip,
+                user_id,
                 "request"
             )
         };

@@ -25,6 +25,11 @@ pub type Body = Full<Bytes>;
 pub type Resp = Response<Body>;
 pub type Result<T> = std::result::Result<T, AppError>;
 
+/// The signed-in user a response was about, for the request log line (a response
+/// extension: set by handlers that know it, read by the request wrapper).
+#[derive(Clone, Copy, Debug)]
+pub struct UserId(pub i64);
+
 /// What every handler gets besides the request.
 pub struct Ctx {
     pub app: Arc<App>,

@@ -14,10 +14,14 @@ pub async fn me(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         Some(s) if !s.allowed => Err(AppError::Forbidden(
             "this address is no longer allowed to sign in here.".into(),
         )),
-        Some(s) => Ok(web::json(
-            StatusCode::OK,
-            json!({ "id": s.user.user_id, "email_address": s.user.email }),
-        )),
+        Some(s) => {
+            let mut r = web::json(
+                StatusCode::OK,
+                json!({ "id": s.user.user_id, "email_address": s.user.email }),
+            );
+            r.extensions_mut().insert(web::UserId(s.user.user_id));
+            Ok(r)
+        }
         None => Err(AppError::Unauthorized),
     }
 }

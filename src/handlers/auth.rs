@@ -108,10 +108,15 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     let (event, detail) = match &started {
         Ok(s) => {
             ctx.app.mail_wake.notify_one();
+            ctx.app.metrics.sign_in(crate::metrics::SignIn::Requested);
+            ctx.app.metrics.mail(crate::metrics::Mail::Queued, 1);
             ("sign_in_requested", format!("request {}", s.request_id))
         }
         // Stored as a silent request: no mail, never confirmable, otherwise the same.
-        Err(why) => ("sign_in_refused", why.as_str().to_string()),
+        Err(why) => {
+            ctx.app.metrics.sign_in(crate::metrics::SignIn::Refused);
+            ("sign_in_refused", why.as_str().to_string())
+        }
     };
     tracing::info!(target: "audit", event, email = %email, ip = %ctx.client_ip, detail = %detail, "audit");
 
@@ -143,6 +148,7 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
 pub fn signed_in_response(ctx: &Ctx, s: &SignedIn, how: &str) -> Resp {
     let to = ctx.app.landing(s.return_to.as_deref()).to_string();
     ctx.audit("sign_in_confirmed", &s.email, Some(s.user_id), how);
+    ctx.app.metrics.sign_in(crate::metrics::SignIn::Confirmed);
     let mut r = if ctx.wants_json {
         web::json(
             StatusCode::OK,
@@ -155,6 +161,7 @@ pub fn signed_in_response(ctx: &Ctx, s: &SignedIn, how: &str) -> Resp {
         &mut r,
         web::session_cookie(&ctx.app, &s.token, ctx.app.cfg.session.lifetime.secs()),
     );
+    r.extensions_mut().insert(web::UserId(s.user_id));
     r
 }
 

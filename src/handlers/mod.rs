@@ -16,6 +16,7 @@ use crate::web::{self, Ctx, Resp};
 /// address, audited at most once a minute per limit and key.
 pub fn rate_limited(ctx: &Ctx, l: crate::limits::Limited, email: &str) -> web::Result<Resp> {
     let secs = l.retry_secs();
+    ctx.app.metrics.rate_limited(l.limit);
     // Once a minute per limit and client (its audit line is the log line): a client
     // hammering with distinct addresses cannot flood the log or the audit table.
     ctx.audit_once(

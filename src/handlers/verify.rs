@@ -93,6 +93,7 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
         if let Some(g) = &signed.groups_header {
             hs.insert("x-user-groups", g.clone());
         }
+        r.extensions_mut().insert(web::UserId(signed.user.user_id));
         return Ok(r);
     }
     let signin = sign_in_url(ctx, &original);
@@ -137,6 +138,7 @@ fn forbidden(
     email: Option<&str>,
     h: &HeaderMap,
 ) -> web::Result<Resp> {
+    ctx.app.metrics.access_denied();
     if !is_page_request(h) || ctx.wants_json {
         return Ok(web::json(
             StatusCode::FORBIDDEN,

@@ -329,6 +329,75 @@ impl Store {
         .await
     }
 
+    /// The schema version of a database file without opening it for writing or
+    /// migrating it; `None` when there is no such file.
+    pub fn schema_version(path: &Path) -> Result<Option<i64>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Ok(Some(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+    }
+
+    /// The latest schema version this binary knows.
+    pub fn latest_schema() -> i64 {
+        migrations::LATEST
+    }
+
+    /// An online, consistent copy of the database into `dest` (which must not exist),
+    /// with SQLite's backup API while servers keep reading and writing; checked with
+    /// `PRAGMA integrity_check`. Returns the pages copied.
+    pub async fn backup(&self, dest: std::path::PathBuf) -> Result<i64> {
+        self.run(move |c| {
+            let mut out = Connection::open(&dest)?;
+            {
+                let b = rusqlite::backup::Backup::new(c, &mut out)?;
+                // 256 pages (1 MiB) a step, pausing between steps so writers get a turn.
+                b.run_to_completion(256, Duration::from_millis(5), None)?;
+            }
+            let ok: String = out.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if ok != "ok" {
+                return Err(StoreError::Db(format!(
+                    "the copy fails its integrity check: {ok}"
+                )));
+            }
+            Ok(out.query_row("PRAGMA page_count", [], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    /// For `/metrics`: emails queued, seconds the oldest due one is overdue, confirmed
+    /// live sessions, servers with a recent heartbeat.
+    pub async fn gauges(&self, now: i64) -> Result<(i64, i64, i64, i64)> {
+        self.run(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM outbox WHERE state = 'queued'),
+                        (SELECT COALESCE(?1 - MIN(next_attempt_at), 0) FROM outbox
+                          WHERE state = 'queued' AND next_attempt_at <= ?1),
+                        (SELECT COUNT(*) FROM sessions WHERE confirmed = 1 AND expires_at > ?1),
+                        (SELECT COUNT(*) FROM servers WHERE heartbeat_at >= ?2)",
+            )?
+            .query_row(params![now, now - servers::LIVE_FOR], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?)
+        })
+        .await
+    }
+
+    /// For `/readyz`: seconds the oldest due email is overdue (0: none). The sender
+    /// reschedules a failed attempt into the future, so a large value means it is not
+    /// working through the queue at all, not that the SMTP server is down.
+    pub async fn mail_overdue(&self, now: i64) -> Result<i64> {
+        self.run(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT COALESCE(?1 - MIN(next_attempt_at), 0) FROM outbox
+                  WHERE state = 'queued' AND next_attempt_at <= ?1",
+            )?
+            .query_row(params![now], |r| r.get(0))?)
+        })
+        .await
+    }
+
     /// A live session for this token hash (pending or confirmed), not idle-expired, user
     /// not blocked.
     pub async fn session(&self, hash: Hash, now: i64, idle: i64) -> Result<Option<SessionUser>> {

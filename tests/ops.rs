@@ -1,0 +1,393 @@
+//! Operations, against the real binary: `/metrics` parsed by the reference Prometheus
+//! parser, the separate metrics listener, JSON logs free of secrets, `/readyz` flipping
+//! with the database file, `authbase migrate`, `authbase backup` served by a fresh
+//! authbase, `--version`, and SIGTERM finishing a request in flight.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use hyper::Method;
+
+/// Parse exposition text with `prometheus_client.parser` (PyPI): every sample as
+/// `name{labels}` → value. A format error fails the test with the parser's message.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(venv().join("bin/python"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<HashMap<String, f64>>(&out.stdout).unwrap()
+}
+
+async fn get(addr: &str, path: &str) -> Resp {
+    send(addr, Method::GET, path, &[], Bytes::new()).await
+}
+
+fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {:#?}", m.keys().collect::<Vec<_>>()))
+}
+
+#[tokio::test]
+async fn metrics_count_what_happens_and_parse_as_prometheus_text() {
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(
+        smtp.port,
+        "",
+        "[limits]\nsign_in_per_address = \"1/1h\"\nsign_in_address_gap = \"0\"\n",
+    ));
+    let before = parse_metrics(&get(&ab.addr, "/metrics").await.body);
+    assert_eq!(
+        metric(&before, "authbase_sign_ins_total{outcome=\"requested\"}"),
+        0.0
+    );
+
+    // A sign-in, three /verify answers, a 429, a 404.
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "mia@example.com").await;
+    assert_eq!(b.get(&mail.link_path()).await.status, 303);
+    let cookie = format!("session_id={}", b.session().unwrap());
+    let fwd = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.test.localhost"),
+        ("x-forwarded-uri", "/x"),
+    ];
+    for _ in 0..2 {
+        let mut h = fwd.to_vec();
+        h.push(("cookie", &cookie));
+        let r = send(&ab.addr, Method::GET, "/verify", &h, Bytes::new()).await;
+        assert_eq!(r.status, 200);
+    }
+    let r = send(&ab.addr, Method::GET, "/verify", &fwd, Bytes::new()).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        b.post_form("/auth", &[("email", "mia@example.com")])
+            .await
+            .status,
+        429
+    );
+    assert_eq!(get(&ab.addr, "/nope").await.status, 404);
+
+    let r = get(&ab.addr, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        r.headers
+    );
+    let m = parse_metrics(&r.body);
+    let req = |e: &str, s: &str| {
+        m.get(&format!(
+            "authbase_http_requests_total{{endpoint=\"{e}\",status=\"{s}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(req("verify", "200"), 2.0);
+    assert_eq!(req("verify", "401"), 1.0);
+    assert_eq!(req("auth", "200"), 1.0);
+    assert_eq!(req("auth", "429"), 1.0);
+    assert_eq!(req("sign_in", "303"), 1.0);
+    assert_eq!(req("other", "404"), 1.0);
+    assert_eq!(metric(&m, "authbase_verify_duration_seconds_count{}"), 3.0);
+    assert_eq!(
+        metric(&m, "authbase_verify_duration_seconds_bucket{le=\"+Inf\"}"),
+        3.0
+    );
+    assert!(metric(&m, "authbase_verify_duration_seconds_sum{}") > 0.0);
+    assert_eq!(
+        metric(&m, "authbase_sign_ins_total{outcome=\"requested\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "authbase_sign_ins_total{outcome=\"confirmed\"}"),
+        1.0
+    );
+    assert_eq!(metric(&m, "authbase_emails_total{outcome=\"queued\"}"), 1.0);
+    assert_eq!(metric(&m, "authbase_emails_total{outcome=\"sent\"}"), 1.0);
+    assert_eq!(metric(&m, "authbase_email_queue_depth{}"), 0.0);
+    assert_eq!(metric(&m, "authbase_sessions_active{}"), 1.0);
+    assert_eq!(metric(&m, "authbase_sessions_cached{}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "authbase_rate_limited_total{limit=\"sign_in_per_address\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "authbase_running_servers{}"), 1.0);
+    let info = m
+        .keys()
+        .find(|k| k.starts_with("authbase_build_info{"))
+        .expect("build info");
+    assert!(
+        info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{info}"
+    );
+    // No secret in the exposition.
+    assert!(!r.body.contains(&mail.code()) && !r.body.contains(b.session().unwrap()));
+}
+
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own() {
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(
+        smtp.port,
+        "",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    ));
+    let logs = ab.logs();
+    let addr = logs
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in the log: {logs}"))
+        .to_string();
+    assert_eq!(
+        get(&ab.addr, "/metrics").await.status,
+        404,
+        "not on the main listener"
+    );
+    let r = get(&addr, "/metrics").await;
+    assert_eq!(r.status, 200);
+    parse_metrics(&r.body);
+    assert_eq!(get(&addr, "/healthz").await.status, 200);
+    assert_eq!(get(&addr, "/").await.status, 404, "nothing else there");
+    assert_eq!(get(&addr, "/verify").await.status, 404);
+
+    // And metrics can be off.
+    let off = Authbase::start(&test_config(smtp.port, "", "[metrics]\nenabled = false\n"));
+    assert_eq!(get(&off.addr, "/metrics").await.status, 404);
+}
+
+#[tokio::test]
+async fn json_logs_parse_and_hold_no_secret_after_a_whole_flow() {
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(smtp.port, "", "[log]\nformat = \"json\"\n"));
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "json@example.com").await;
+    let pending = b.session().unwrap().clone();
+    assert_eq!(b.get(&mail.link_path()).await.status, 303);
+    let session = b.session().unwrap().clone();
+    assert_eq!(b.me().await.status, 200);
+    assert_eq!(b.get(&mail.link_path()).await.status, 410);
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the audit batch
+    let logs = ab.logs();
+    let secret = mail.link_path().trim_start_matches("/sign_in/").to_string();
+    let mut requests = Vec::new();
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        for s in [&secret, &mail.code(), &pending, &session] {
+            assert!(!line.contains(s.as_str()), "a secret in the log: {line}");
+        }
+        if v["fields"]["message"] == "request" {
+            requests.push(v);
+        }
+    }
+    // One line per request: method, redacted path, status, latency, user id when known.
+    let me = requests
+        .iter()
+        .find(|r| r["fields"]["path"] == "/me")
+        .expect("a request line for /me");
+    assert_eq!(me["fields"]["method"], "GET");
+    assert_eq!(me["fields"]["status"], 200);
+    assert!(me["fields"]["ms"].as_f64().is_some());
+    assert!(me["fields"]["user_id"].as_i64().is_some(), "{me}");
+    let link = requests
+        .iter()
+        .filter(|r| r["fields"]["path"] == "/sign_in/{secret}")
+        .count();
+    assert_eq!(link, 2, "link requests are logged with the secret redacted");
+    assert!(logs.contains("\"target\":\"audit\""), "audit lines too");
+}
+
+#[tokio::test]
+async fn readyz_follows_the_database_file_and_smtp_outages_do_not_count() {
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(smtp.port, "", ""));
+    assert_eq!(get(&ab.addr, "/readyz").await.status, 200);
+    let db = ab.db_path();
+    let moved = db.with_extension("moved");
+    std::fs::rename(&db, &moved).unwrap();
+    let r = get(&ab.addr, "/readyz").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["reason"], "database");
+    assert_eq!(
+        get(&ab.addr, "/healthz").await.status,
+        200,
+        "the process is up"
+    );
+    std::fs::rename(&moved, &db).unwrap();
+    assert_eq!(get(&ab.addr, "/readyz").await.status, 200);
+
+    // SMTP down: mail is retried later, which is not a stuck queue.
+    let dead = Authbase::start(&test_config(common::proxy::free_port(), "", ""));
+    let mut b = dead.browser();
+    assert_eq!(
+        b.post_form("/auth", &[("email", "q@example.com")])
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(&dead.addr, "/readyz").await.status, 200);
+    let m = parse_metrics(&get(&dead.addr, "/metrics").await.body);
+    assert_eq!(metric(&m, "authbase_email_queue_depth{}"), 1.0);
+    assert!(metric(&m, "authbase_emails_total{outcome=\"retried\"}") >= 1.0);
+}
+
+#[tokio::test]
+async fn migrate_creates_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("authbase.toml"), test_config(2525, "", "")).unwrap();
+    let out = cli_in(dir.path(), &["migrate"]);
+    assert!(out.0.success(), "{out:?}");
+    assert!(
+        out.1.contains("created authbase.db at schema version"),
+        "{out:?}"
+    );
+    let out = cli_in(dir.path(), &["migrate"]);
+    assert!(out.1.contains("the latest"), "{out:?}");
+    let v: i64 = rusqlite::Connection::open(dir.path().join("authbase.db"))
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert!(out.1.contains(&format!("schema version {v}")), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_backup_taken_while_serving_is_served_by_a_fresh_authbase() {
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(smtp.port, "", ""));
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "bak@example.com").await;
+    assert_eq!(b.get(&mail.link_path()).await.status, 303);
+    let copy = ab.dir.path().join("copy.db");
+    let out = ab.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.0.success(), "{out:?}");
+    assert!(out.1.contains("integrity ok"), "{out:?}");
+    assert!(
+        out.1.contains("server key"),
+        "reminds to keep the key: {out:?}"
+    );
+    let again = ab.cli(&["backup", copy.to_str().unwrap()]);
+    assert_eq!(again.0.code(), Some(65), "never overwrites: {again:?}");
+
+    // A fresh authbase in another folder, on the copy and the same key.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&copy, dir.path().join("authbase.db")).unwrap();
+    std::fs::copy(
+        ab.dir.path().join("authbase.key"),
+        dir.path().join("authbase.key"),
+    )
+    .unwrap();
+    let restored = Authbase::start_in(dir, &test_config(smtp.port, "", ""));
+    let mut same = b.clone();
+    same.addr = restored.addr.clone();
+    let r = same.me().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["email_address"], "bak@example.com");
+}
+
+#[test]
+fn version_names_the_git_revision() {
+    let out = Command::new(binary()).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want_prefix = format!("authbase {} (", env!("CARGO_PKG_VERSION"));
+    assert!(
+        text.starts_with(&want_prefix) && text.ends_with(')'),
+        "{text}"
+    );
+    let rev = &text[want_prefix.len()..text.len() - 1];
+    let git = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output();
+    match git {
+        Ok(g) if g.status.success() => {
+            assert_eq!(rev, String::from_utf8_lossy(&g.stdout).trim(), "{text}")
+        }
+        _ => assert!(!rev.is_empty(), "{text}"),
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_a_request_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let smtp = Smtp::start();
+    let mut ab = Authbase::start(&test_config(smtp.port, "", ""));
+    // A sign-in whose body is still arriving when SIGTERM comes.
+    let body = "email=late%40example.com";
+    let mut s = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
+    let head = format!(
+        "POST /auth HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\naccept: application/json\r\n\r\n",
+        ab.addr,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = ab.pid();
+    let stopper = std::thread::spawn(move || {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    });
+    stopper.join().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are refused now; the one in flight completes.
+    assert!(
+        tokio::net::TcpStream::connect(&ab.addr).await.is_err(),
+        "the listener is closed after SIGTERM"
+    );
+    s.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("check_email"), "{resp}");
+    // The mail of that sign-in is not lost: delivered before exit, or on the next start.
+    assert!(ab.stop().success(), "exit 0 after SIGTERM");
+    let dir = std::mem::replace(&mut ab.dir, tempfile::tempdir().unwrap());
+    let again = Authbase::start_in(dir, &ab.config.clone());
+    let mails = smtp.wait_for(1).await;
+    assert!(mails[0].header("To").unwrap().contains("late@example.com"));
+    drop(again);
+}
