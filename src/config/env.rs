@@ -24,6 +24,8 @@ pub const ENV_ONLY: &[&str] = &[
     "AUTHBASE_LOG_FORMAT",
     // The older name of AUTHBASE_EMAIL_SMTP_PASSWORD.
     "AUTHBASE_SMTP_PASSWORD",
+    // Build time only (the revision `--version` shows); may linger in a build shell.
+    "AUTHBASE_GIT_REV",
 ];
 
 /// A key set by an environment variable.
