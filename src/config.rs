@@ -6,9 +6,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::net::IpNet;
+
+mod effective;
+mod env;
+
+pub use env::{EnvOverride, SecretFrom, SecretKey, ENV_ONLY, SECRETS, SMTP_PASSWORD};
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,28 @@ pub struct Dur(pub Duration);
 impl fmt::Debug for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}s", self.0.as_secs())
+    }
+}
+
+/// As written in the file: the largest unit that divides it (`30d`, `90m`, `45s`, `0`).
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        if s == 0 {
+            return f.write_str("0");
+        }
+        for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
+            if s % n == 0 {
+                return write!(f, "{}{unit}", s / n);
+            }
+        }
+        write!(f, "{s}s")
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -81,7 +108,7 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub webapp_name: String,
@@ -123,9 +150,15 @@ pub struct Derived {
     pub access: crate::access::Policy,
     /// `metrics.listen`, parsed; `None`: `/metrics` is served on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Keys set from `AUTHBASE_*` environment variables, in declaration order.
+    pub env: Vec<EnvOverride>,
+    /// Per secret (`email.smtp_password`, …): where its value came from, if it is set.
+    pub secrets: Vec<(&'static str, Option<SecretFrom>)>,
+    /// Environment variables that were ignored (unknown names, shadowed aliases).
+    pub env_warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CookieConfig {
     pub name: String,
@@ -134,7 +167,7 @@ pub struct CookieConfig {
     pub same_site: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     pub lifetime: Dur,
@@ -146,7 +179,7 @@ pub struct SessionConfig {
     pub cache_entries: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
     pub sender_address: String,
@@ -161,7 +194,7 @@ pub struct EmailConfig {
     pub max_attempts: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub max_connections: usize,
@@ -170,14 +203,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
 }
 
 /// `[access]`: who may sign in, and who may reach which host.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     /// Domains whose addresses may sign in (`example.com`, or `*.example.com` for its
@@ -191,7 +224,7 @@ pub struct AccessConfig {
 }
 
 /// One `[[access.rules]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub host: String,
@@ -222,6 +255,22 @@ impl fmt::Debug for Rate {
             Some((n, w)) => write!(f, "{n}/{}s", w.as_secs()),
             None => write!(f, "off"),
         }
+    }
+}
+
+/// As written in the file: `5/1h` or `off`.
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((n, w)) => write!(f, "{n}/{}", Dur(w)),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -256,7 +305,7 @@ impl<'de> Deserialize<'de> for Rate {
 }
 
 /// `[limits]`: abuse protection, held in memory.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Sign-in emails one address can ask for.
@@ -291,7 +340,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[audit]`: the security event log in the database.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Events older than this are deleted (0 = keep forever).
@@ -307,7 +356,7 @@ impl Default for AuditConfig {
 }
 
 /// `[metrics]`: Prometheus exposition at `GET /metrics`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub enabled: bool,
@@ -326,7 +375,7 @@ impl Default for MetricsConfig {
 }
 
 /// `[log]`: what goes to stderr.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `warn,audit=info`, …); `RUST_LOG` wins.
@@ -424,14 +473,26 @@ impl Default for ServerConfig {
 }
 
 /// Where environment overrides come from; a trait so tests never touch the process env.
+/// An empty variable counts as unset.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
+    /// The names of the set `AUTHBASE_*` variables, to warn about unknown ones.
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+    fn names(&self) -> Vec<String> {
+        std::env::vars_os()
+            .filter(|(_, v)| !v.is_empty())
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with("AUTHBASE_"))
+            .collect()
     }
 }
 
@@ -443,7 +504,10 @@ impl Config {
         Self::from_toml(&text, env)
     }
 
+    /// Parse `text`, apply `AUTHBASE_*` overrides to the parsed TOML, read the secrets,
+    /// and validate. Errors name the key, or the environment variable that set it.
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        // The file alone first, so that its mistakes are reported with key and line.
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|s| s.start.min(text.len()));
             let line = at.map(|a| text[..a].matches('\n').count() + 1);
@@ -458,16 +522,28 @@ impl Config {
                 ),
             }
         })?;
-        cfg.apply_env(env)?;
-        cfg.validate()?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            err("authbase.toml", e.message().trim_end().to_string())
+        })?;
+        let overrides = env::apply_env(&mut table, env)?;
+        if !overrides.is_empty() {
+            cfg = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| err("environment", e.message().trim_end()))?;
+        }
+        cfg.derived.env = overrides;
+        cfg.derived.env_warnings = env::unknown_vars(env);
+        cfg.read_secrets(env)?;
+        cfg.validate()
+            .map_err(|e| env::name_the_variable(e, &cfg.derived.env))?;
         Ok(cfg)
     }
 
-    /// Environment overrides, all in one place.
-    fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
-        if let Some(p) = env.var("AUTHBASE_SMTP_PASSWORD") {
-            self.derived.smtp_password = Some(p);
-        }
+    /// Every secret (see [`SECRETS`]): from its environment variable, else from its
+    /// `*_file` key. Adding one: a `*_file` key, a [`SecretKey`], a line here.
+    fn read_secrets(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        let file = self.email.smtp_password_file.clone();
+        self.derived.smtp_password = self.read_secret(&SMTP_PASSWORD, &file, env)?;
         Ok(())
     }
 
@@ -646,15 +722,6 @@ impl Config {
         if e.max_attempts == 0 {
             return Err(err("email.max_attempts", "must be at least 1"));
         }
-        if self.derived.smtp_password.is_none() && !e.smtp_password_file.is_empty() {
-            let p = std::fs::read_to_string(&e.smtp_password_file).map_err(|x| {
-                err(
-                    "email.smtp_password_file",
-                    format!("cannot read {}: {x}", e.smtp_password_file),
-                )
-            })?;
-            self.derived.smtp_password = Some(p.trim_end_matches(['\r', '\n']).to_string());
-        }
         if self.derived.smtp_password.is_some() && e.smtp_username.is_empty() {
             return Err(err(
                 "email.smtp_username",
@@ -760,6 +827,7 @@ impl Config {
         if self.cookie.same_site == "strict" {
             w.push("cookie.same_site = \"strict\": a link clicked in webmail arrives without the cookie, so it opens the \"other device\" page".into());
         }
+        w.extend(self.derived.env_warnings.iter().cloned());
         w
     }
 
@@ -909,6 +977,20 @@ mod tests {
         assert!(Dur::parse("10").is_err());
         assert!(Dur::parse("-1s").is_err());
         assert!(Dur::parse("99999999999999d").is_err());
+    }
+
+    #[test]
+    fn durations_and_rates_print_as_written() {
+        for s in ["30d", "12h", "90m", "10m", "45s", "0", "1h"] {
+            assert_eq!(Dur::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(Dur::parse("60m").unwrap().to_string(), "1h");
+        assert_eq!(Dur::parse("3601s").unwrap().to_string(), "3601s");
+        for s in ["5/1h", "30/10m", "off", "1000/1h", "7/45s"] {
+            assert_eq!(Rate::parse(s).unwrap().to_string(), s);
+        }
+        let t = toml::to_string(&AuditConfig::default()).unwrap();
+        assert_eq!(t.trim(), "retention = \"90d\"");
     }
 
     #[test]

@@ -169,10 +169,11 @@ fn main() -> ExitCode {
     init_logging(format, &cfg.log.level);
     match cli.command {
         Command::CheckConfig => {
+            println!("{source}: ok");
+            print!("{}", cfg.effective_toml());
             for w in cfg.warnings() {
                 eprintln!("authbase: warning: {w}");
             }
-            println!("{source}: ok");
             ExitCode::SUCCESS
         }
         Command::Serve => {

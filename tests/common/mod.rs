@@ -617,3 +617,123 @@ impl Authbase {
         let _ = child.wait();
     }
 }
+
+// ---------------------------------------------------------------- environment
+
+impl Authbase {
+    /// `start`, with extra environment variables for the server (`AUTHBASE_*` overrides).
+    /// Like `start_logging`, but the variables are passed to the child only: tests never
+    /// change their own environment.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Authbase {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("authbase.toml"), config).unwrap();
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("RUST_LOG", "debug,hyper=info,rustls=info,r2d2=info")
+            .env_remove("AUTHBASE_CONFIG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start authbase");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let out = stdout.clone();
+            let r = BufReader::new(child.stdout.take().unwrap());
+            std::thread::spawn(move || {
+                for l in r.lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&l);
+                    o.push('\n');
+                }
+            });
+        }
+        {
+            let err = stderr.clone();
+            let r = BufReader::new(child.stderr.take().unwrap());
+            std::thread::spawn(move || {
+                for l in r.lines().map_while(Result::ok) {
+                    if let Some(i) = l.find("listening on http://") {
+                        let a = l[i + "listening on http://".len()..]
+                            .split(|c: char| c.is_whitespace() || c == ';')
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
+                        let _ = tx.send(a);
+                    }
+                    let mut e = err.lock().unwrap();
+                    e.push_str(&l);
+                    e.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "authbase did not start; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Authbase {
+            child: Some(child),
+            addr,
+            dir,
+            stdout,
+            stderr,
+            config: config.to_string(),
+        }
+    }
+}
+
+/// Run `authbase ARGS` in `dir` with only the given `AUTHBASE_*` variables (the test
+/// runner's own are removed, `AUTHBASE_TEST_*` aside), bounded in time; returns the exit
+/// status, stdout and stderr.
+pub fn cli_env(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("AUTHBASE_") && !k.starts_with("AUTHBASE_TEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("start the authbase CLI");
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut r, &mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("authbase {args:?} did not finish in {}s", WAIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}
