@@ -134,8 +134,8 @@ pub struct Config {
     pub derived: Derived,
 }
 
-/// Values computed once from the raw keys by `validate()`.
-#[derive(Debug, Clone, Default)]
+/// Values computed once from the raw keys by `validate()`. `Debug` redacts secrets.
+#[derive(Clone, Default)]
 pub struct Derived {
     pub public_url: Option<url::Url>,
     /// `public_url` without a trailing slash, for building links.
@@ -156,6 +156,28 @@ pub struct Derived {
     pub secrets: Vec<(&'static str, Option<SecretFrom>)>,
     /// Environment variables that were ignored (unknown names, shadowed aliases).
     pub env_warnings: Vec<String>,
+}
+
+impl fmt::Debug for Derived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Derived")
+            .field("public_url", &self.public_url)
+            .field("public_base", &self.public_base)
+            .field("public_origin", &self.public_origin)
+            .field("listen", &self.listen)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field(
+                "smtp_password",
+                &self.smtp_password.as_ref().map(|_| "(redacted)"),
+            )
+            .field("cookie_domain", &self.cookie_domain)
+            .field("access", &self.access)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("env", &self.env)
+            .field("secrets", &self.secrets)
+            .field("env_warnings", &self.env_warnings)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -923,6 +945,17 @@ mod tests {
         fn var(&self, _: &str) -> Option<String> {
             None
         }
+    }
+
+    #[test]
+    fn debug_output_redacts_the_smtp_password() {
+        let mut c = Config::from_toml("", &NoEnv).unwrap();
+        c.derived.smtp_password = Some("hunter2-secret".into());
+        let d = format!("{c:?}");
+        assert!(
+            !d.contains("hunter2-secret") && d.contains("(redacted)"),
+            "{d}"
+        );
     }
 
     #[test]
