@@ -14,6 +14,7 @@ pub mod email_addr;
 pub mod error;
 pub mod forwarded;
 pub mod handlers;
+pub mod healthcheck;
 pub mod limits;
 pub mod mail;
 pub mod metrics;

@@ -41,6 +41,9 @@ enum Command {
     Serve,
     /// Validate the configuration file and exit (0 when valid, 64 when not).
     CheckConfig,
+    /// Ask the server on the configured `listen` address for GET /healthz (0.0.0.0 and
+    /// [::] mean loopback) within 3 s: exit 0 on 200, else 1. For container HEALTHCHECKs.
+    Healthcheck,
     /// List, invite, remove, block and unblock users; manage their groups (works while
     /// servers run).
     Users {
@@ -175,6 +178,15 @@ fn main() -> ExitCode {
                 eprintln!("authbase: warning: {w}");
             }
             ExitCode::SUCCESS
+        }
+        Command::Healthcheck => {
+            match authbase::healthcheck::check(cfg.listen_addr(), authbase::healthcheck::TIMEOUT) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("authbase: healthcheck: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve => {
             tracing::info!(config = %source, "configuration loaded");
