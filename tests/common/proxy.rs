@@ -13,12 +13,25 @@ use hyper_util::rt::TokioIo;
 
 use super::{repo, send, venv, WAIT};
 
+/// A loopback port for a process that takes its port from a config file (the proxies).
+///
+/// Chosen below the kernel's ephemeral range (32768–60999 here): a port the kernel handed
+/// out for `:0` could be handed again to another test's authbase or SMTP server between
+/// this check and the proxy's bind, and the proxy's readiness probe would then be
+/// answered by the wrong process. Below that range only other `free_port` callers
+/// compete, and they start at random places.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let start = (h.finish() % 12_000) as u16;
+    for i in 0..12_000u16 {
+        let port = 20_000 + (start + i) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-31999");
 }
 
 /// An upstream app that answers every request with what it received, as JSON:
