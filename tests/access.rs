@@ -144,10 +144,15 @@ fn masked(r: &Resp, email: &str) -> String {
         }
         body = j.to_string();
     } else if body.contains("data-match-number") {
+        // Only where the number is shown: it may equal other numbers on the page
+        // (e.g. the code field's maxlength="12").
         let n = r.match_number();
         body = body
-            .replace(&format!("\"{n}\""), "\"NN\"")
-            .replace(&format!(">{n}<"), ">NN<");
+            .replace(
+                &format!("data-match-number=\"{n}\""),
+                "data-match-number=\"NN\"",
+            )
+            .replace(&format!(">{n}</p>"), ">NN</p>");
     }
     out + &body
 }
