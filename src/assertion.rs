@@ -194,8 +194,14 @@ mod tests {
     #[test]
     fn claims_are_as_documented() {
         let s = signed(&["ops", "admins"]);
-        let c = serde_json::to_value(claims(&s, "https://auth.example.com", "app.example.com", 1000, 120))
-            .unwrap();
+        let c = serde_json::to_value(claims(
+            &s,
+            "https://auth.example.com",
+            "app.example.com",
+            1000,
+            120,
+        ))
+        .unwrap();
         let o = c.as_object().unwrap();
         assert_eq!(
             o.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -228,7 +234,10 @@ mod tests {
 
     #[test]
     fn audience_adds_only_a_non_default_port() {
-        assert_eq!(audience(&original("app.example.com", None)), "app.example.com");
+        assert_eq!(
+            audience(&original("app.example.com", None)),
+            "app.example.com"
+        );
         assert_eq!(
             audience(&original("app.example.com", Some(8443))),
             "app.example.com:8443"
@@ -252,7 +261,10 @@ mod tests {
         assert_eq!(t.get(&a, 0, 99).unwrap(), "one");
         assert!(t.get(&a, 0, 100).is_none(), "due for refresh");
         assert!(t.get(&a, 1, 99).is_none(), "keys changed");
-        assert!(t.get(&a8, 0, 99).is_none(), "another port is another audience");
+        assert!(
+            t.get(&a8, 0, 99).is_none(),
+            "another port is another audience"
+        );
         t.put(put("a.example", None, 1, 200, "two"));
         assert_eq!(t.get(&a, 1, 99).unwrap(), "two");
         assert_eq!(t.len(), 1);

@@ -60,10 +60,13 @@ async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 Err(AppError::MethodNotAllowed("GET, HEAD, POST"))
             }
         }
-        "/" | "/me" | "/healthz" | "/readyz" | "/verify" | "/verify/redirect"
-        | "/.well-known/jwks.json" => {
-            Err(AppError::MethodNotAllowed("GET, HEAD"))
-        }
+        "/"
+        | "/me"
+        | "/healthz"
+        | "/readyz"
+        | "/verify"
+        | "/verify/redirect"
+        | "/.well-known/jwks.json" => Err(AppError::MethodNotAllowed("GET, HEAD")),
         "/auth" => Err(AppError::MethodNotAllowed("GET, POST")),
         "/auth/code" | "/sign_out" => Err(AppError::MethodNotAllowed("POST")),
         _ => Err(AppError::NotFound),

@@ -136,7 +136,12 @@ pub struct Ring {
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ring(active {}, {} published)", self.kid, self.published.len())
+        write!(
+            f,
+            "Ring(active {}, {} published)",
+            self.kid,
+            self.published.len()
+        )
     }
 }
 
@@ -274,7 +279,11 @@ mod tests {
         let wrap = server_key(1).signing_wrap_key();
         assert_eq!(unseal(&wrap, &pair.kid, &stored.wrapped), Some(pair.seed));
         assert_eq!(
-            unseal(&server_key(2).signing_wrap_key(), &pair.kid, &stored.wrapped),
+            unseal(
+                &server_key(2).signing_wrap_key(),
+                &pair.kid,
+                &stored.wrapped
+            ),
             None
         );
         assert_eq!(unseal(&wrap, "another kid", &stored.wrapped), None);

@@ -105,11 +105,10 @@ pub(crate) fn record_revocation_kind(
     now: i64,
     kind: &str,
 ) -> Result<i64> {
-    Ok(c
-        .prepare_cached(
-            "INSERT INTO revocations (user_id, at, kind) VALUES (?1, ?2, ?3) RETURNING seq",
-        )?
-        .query_row(params![user_id, now, kind], |r| r.get(0))?)
+    Ok(c.prepare_cached(
+        "INSERT INTO revocations (user_id, at, kind) VALUES (?1, ?2, ?3) RETURNING seq",
+    )?
+    .query_row(params![user_id, now, kind], |r| r.get(0))?)
 }
 
 /// An admin change in the audit trail.
