@@ -1029,6 +1029,23 @@ mod tests {
     }
 
     #[test]
+    fn assertion_keys_are_checked() {
+        let c = Config::from_toml("", &NoEnv).unwrap();
+        assert!(c.assertion.enabled);
+        assert_eq!(c.assertion.ttl.secs(), 120);
+        for bad in ["29s", "11m", "0"] {
+            let e =
+                Config::from_toml(&format!("[assertion]\nttl = \"{bad}\"\n"), &NoEnv).unwrap_err();
+            assert_eq!(e.key, "assertion.ttl", "{bad}: {e}");
+        }
+        for good in ["30s", "10m"] {
+            assert!(Config::from_toml(&format!("[assertion]\nttl = \"{good}\"\n"), &NoEnv).is_ok());
+        }
+        let e = Config::from_toml("[assertion]\nenabled = \"yes\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "assertion.enabled", "{e}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(Dur::parse("30d").unwrap().secs(), 30 * 86400);
         assert_eq!(Dur::parse("10m").unwrap().secs(), 600);
