@@ -1,5 +1,6 @@
 //! Admin commands that work on the database directly, while servers run:
-//! `authbase users …`, `authbase sessions list|revoke` and `authbase audit`.
+//! `authbase users …`, `authbase sessions list|revoke`, `authbase keys list|rotate` and
+//! `authbase audit`.
 //!
 //! Changes that running servers must see are written with a revocation record (see
 //! `store::users`); each command then waits until every running server has acknowledged
@@ -349,6 +350,83 @@ pub async fn sessions_revoke(cfg: &Config, user: Option<&str>) -> Result<Report,
         Some(w) => format!("revoked {n} session(s) of {w}\n"),
         None => format!("revoked all {n} session(s)\n"),
     };
+    Ok(applied(&store, Some(seq), out.into()).await)
+}
+
+// ---------------------------------------------------------------- signing keys
+
+/// A signing key as `keys list --json` shows it (the public part only).
+#[derive(Debug, serde::Serialize)]
+pub struct KeyRow {
+    pub kid: String,
+    pub created_at: i64,
+    pub active: bool,
+    /// Published until then (retired keys).
+    pub retire_at: Option<i64>,
+}
+
+/// `authbase keys list [--json]`: the assertion signing keys, oldest first.
+pub async fn keys_list(cfg: &Config, json_out: bool) -> Result<Report, AdminError> {
+    let store = open(cfg)?;
+    let t = now();
+    let rows: Vec<KeyRow> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .map(|k| KeyRow {
+            kid: k.kid,
+            created_at: k.created_at,
+            active: k.retire_at.is_none(),
+            retire_at: k.retire_at,
+        })
+        .collect();
+    if json_out {
+        return json(&rows);
+    }
+    let mut out = format!("{:<44} {:<22} {}\n", "KID", "CREATED", "STATUS");
+    for r in &rows {
+        let status = match r.retire_at {
+            None => "active".to_string(),
+            Some(at) if at > t => format!("retiring, published until {}", utc(at)),
+            Some(_) => "retired (deleted at the next sweep)".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<44} {:<22} {status}\n",
+            r.kid,
+            utc(r.created_at)
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("no signing key yet: the server creates one when it starts\n");
+    }
+    Ok(out.into())
+}
+
+/// `authbase keys rotate`: a new active signing key; the previous one stays in the JWKS
+/// for `signing::OVERLAP` so tokens it signed still verify. Waits until running servers
+/// sign with the new key.
+pub async fn keys_rotate(cfg: &Config) -> Result<Report, AdminError> {
+    let store = open(cfg)?;
+    let path = cfg.secret_key_path();
+    // The server's own key file, never a new one: a key sealed under another key would
+    // stop the servers from starting.
+    if !path.exists() {
+        return Err(AdminError::Unavailable(format!(
+            "server key {} does not exist: check `secret_key_file` in the config",
+            path.display()
+        )));
+    }
+    let key = crate::secrets::ServerKey::load_or_create(&path).map_err(AdminError::Unavailable)?;
+    let t = now();
+    let pair = crate::signing::KeyPair::generate();
+    let seq = store
+        .rotate_signing_key(pair.stored(&key, t), crate::signing::OVERLAP, t)
+        .await?;
+    let out = format!(
+        "new signing key {} is active; the previous key stays published until {}\n",
+        pair.kid,
+        utc(t + crate::signing::OVERLAP.as_secs() as i64)
+    );
     Ok(applied(&store, Some(seq), out.into()).await)
 }
 

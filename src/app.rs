@@ -23,6 +23,8 @@ pub struct App {
     pub limits: crate::limits::Limits,
     /// The audit trail.
     pub audit: crate::audit::Audit,
+    /// The keys that sign `X-User-Assertion` and are published as the JWKS.
+    pub signing: crate::signing::Keys,
     /// Prometheus counters.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }

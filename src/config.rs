@@ -127,6 +127,7 @@ pub struct Config {
     pub access: AccessConfig,
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
+    pub assertion: AssertionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// Derived at validation; never read from the file.
@@ -377,6 +378,24 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[assertion]`: the signed `X-User-Assertion` on `/verify` answers (see `assertion`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionConfig {
+    pub enabled: bool,
+    /// Lifetime of one assertion (`exp - iat`); between 30s and 10m.
+    pub ttl: Dur,
+}
+
+impl Default for AssertionConfig {
+    fn default() -> Self {
+        AssertionConfig {
+            enabled: true,
+            ttl: Dur(Duration::from_secs(120)),
+        }
+    }
+}
+
 /// `[metrics]`: Prometheus exposition at `GET /metrics`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -434,6 +453,7 @@ impl Default for Config {
             access: AccessConfig::default(),
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
+            assertion: AssertionConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             derived: Derived::default(),
@@ -777,6 +797,12 @@ impl Config {
             return Err(err("limits.sign_in_address_gap", "must be at most 1d"));
         }
         self.derived.access = crate::access::Policy::compile(&self.access)?;
+        // Below 30 s clock skew between authbase and apps starts to bite; above 10 min a
+        // signed-out session's assertions live too long (and `signing::OVERLAP` assumes it).
+        let ttl = self.assertion.ttl.0;
+        if ttl < Duration::from_secs(30) || ttl > Duration::from_secs(600) {
+            return Err(err("assertion.ttl", "must be between 30s and 10m"));
+        }
 
         if !self.metrics.listen.is_empty() {
             let a: SocketAddr = self.metrics.listen.parse().map_err(|_| {
@@ -1000,6 +1026,23 @@ mod tests {
         assert_eq!(e.key, "public_url");
         // Every key has a default: an empty file is a working configuration.
         assert!(Config::from_toml("", &NoEnv).is_ok());
+    }
+
+    #[test]
+    fn assertion_keys_are_checked() {
+        let c = Config::from_toml("", &NoEnv).unwrap();
+        assert!(c.assertion.enabled);
+        assert_eq!(c.assertion.ttl.secs(), 120);
+        for bad in ["29s", "11m", "0"] {
+            let e =
+                Config::from_toml(&format!("[assertion]\nttl = \"{bad}\"\n"), &NoEnv).unwrap_err();
+            assert_eq!(e.key, "assertion.ttl", "{bad}: {e}");
+        }
+        for good in ["30s", "10m"] {
+            assert!(Config::from_toml(&format!("[assertion]\nttl = \"{good}\"\n"), &NoEnv).is_ok());
+        }
+        let e = Config::from_toml("[assertion]\nenabled = \"yes\"\n", &NoEnv).unwrap_err();
+        assert_eq!(e.key, "assertion.enabled", "{e}");
     }
 
     #[test]

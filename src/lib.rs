@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admin;
 pub mod app;
+pub mod assertion;
 pub mod audit;
 pub mod batch;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod router;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod signing;
 pub mod store;
 pub mod web;
 
@@ -55,6 +57,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
     let store = store::Store::open(cfg.database.as_ref(), Duration::from_secs(5))
         .map_err(|e| StartError(format!("database {}: {e}", cfg.database)))?;
     let key = secrets::ServerKey::load_or_create(&cfg.secret_key_path()).map_err(StartError)?;
+    let ring = signing::load_or_create(&store, &key).map_err(StartError)?;
     let transport = mail::Transport::from_config(&cfg).map_err(StartError)?;
     let wake = Arc::new(Notify::new());
     let (activity, activity_queue) = tokio::sync::mpsc::channel(session::ACTIVITY_QUEUE);
@@ -69,6 +72,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
         activity,
         limits: limits::Limits::new(&cfg.limits),
         audit,
+        signing: signing::Keys::new(ring),
         metrics: metrics.clone(),
     });
     let mailer = mail::Mailer {

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// List or rotate the keys that sign X-User-Assertion (works while servers run).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Create the database if needed and migrate it to the latest schema.
     Migrate,
     /// Copy the database to a new file while servers run (SQLite online backup).
@@ -117,6 +122,19 @@ enum UsersCommand {
         #[arg(long, value_name = "G")]
         remove: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Key ids, when created, active or published until when.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new signing key; the previous one stays published for an hour. Waits
+    /// until running servers sign with the new key.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +214,12 @@ fn main() -> ExitCode {
         Command::Migrate => run_admin(admin::migrate(&cfg)),
         Command::Backup { path } => run_admin(admin::backup(&cfg, &path)),
         Command::Sessions { command } => run_admin(sessions(&cfg, command)),
+        Command::Keys { command } => run_admin(async {
+            match command {
+                KeysCommand::List { json } => admin::keys_list(&cfg, json).await,
+                KeysCommand::Rotate => admin::keys_rotate(&cfg).await,
+            }
+        }),
         Command::Audit {
             user,
             since,

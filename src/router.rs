@@ -8,7 +8,7 @@ use hyper::{Method, Request, StatusCode};
 
 use crate::error::AppError;
 use crate::handlers::verify::{self, Style};
-use crate::handlers::{account, auth, health, sign_in};
+use crate::handlers::{account, auth, health, jwks, sign_in};
 use crate::pages;
 use crate::web::{self, Ctx, Resp};
 
@@ -39,6 +39,7 @@ async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         "/sign_out" if m == Method::POST => account::sign_out(ctx, req).await,
         "/healthz" if read => health::healthz(ctx).await,
         "/readyz" if read => health::readyz(ctx).await,
+        "/.well-known/jwks.json" if read => Ok(jwks::jwks(ctx)),
         // On the main listener unless `metrics.listen` gives it one of its own.
         "/metrics"
             if read
@@ -59,9 +60,13 @@ async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 Err(AppError::MethodNotAllowed("GET, HEAD, POST"))
             }
         }
-        "/" | "/me" | "/healthz" | "/readyz" | "/verify" | "/verify/redirect" => {
-            Err(AppError::MethodNotAllowed("GET, HEAD"))
-        }
+        "/"
+        | "/me"
+        | "/healthz"
+        | "/readyz"
+        | "/verify"
+        | "/verify/redirect"
+        | "/.well-known/jwks.json" => Err(AppError::MethodNotAllowed("GET, HEAD")),
         "/auth" => Err(AppError::MethodNotAllowed("GET, POST")),
         "/auth/code" | "/sign_out" => Err(AppError::MethodNotAllowed("POST")),
         _ => Err(AppError::NotFound),
@@ -108,6 +113,7 @@ pub fn loggable_path(path: &str) -> Cow<'static, str> {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/.well-known/jwks.json",
         "/static/style.css",
         "/static/wait.js",
     ];

@@ -6,7 +6,8 @@
 //! restart, yet nothing in the database may let anyone rebuild a link. So a sign-in
 //! request stores only a random salt and `SHA-256(secret)`; the mail sender re-derives
 //! `secret = HMAC(server_key, salt)` when it renders the message. The server key lives in
-//! its own file (`secret_key_file`), never in the database.
+//! its own file (`secret_key_file`), never in the database. The same goes for the keys that
+//! sign identity assertions: the database holds them sealed under a key derived from it.
 
 use std::io::Write;
 use std::path::Path;
@@ -110,6 +111,12 @@ impl ServerKey {
     /// The secret in a sign-in link for the request with this salt.
     pub fn link_secret(&self, salt: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(self.mac(b"authbase link", salt))
+    }
+
+    /// The key that seals the assertion signing keys stored in the database (see
+    /// `signing`): HMAC-SHA256(server key, "authbase signing-key wrap v1" || 0).
+    pub fn signing_wrap_key(&self) -> [u8; 32] {
+        self.mac(b"authbase signing-key wrap v1", b"")
     }
 
     /// The 6-digit one-time code for the request with this salt.

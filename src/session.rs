@@ -77,10 +77,14 @@ pub struct Signed {
     pub headers: Option<(HeaderValue, HeaderValue)>,
     /// `X-User-Groups`, when the user has any.
     pub groups_header: Option<HeaderValue>,
+    /// The `sid` claim of its assertions (`assertion::session_ref`).
+    pub sid: String,
+    /// Assertions given to this session, by host, for reuse (see `assertion`).
+    pub tokens: crate::assertion::Tokens,
 }
 
 impl Signed {
-    pub fn new(user: SessionUser, policy: &crate::access::Policy) -> Signed {
+    pub fn new(user: SessionUser, policy: &crate::access::Policy, sid: String) -> Signed {
         let headers = HeaderValue::from_str(&user.email)
             .ok()
             .map(|e| (HeaderValue::from(user.user_id), e));
@@ -105,6 +109,8 @@ impl Signed {
             groups,
             headers,
             groups_header,
+            sid,
+            tokens: Default::default(),
         }
     }
 }
@@ -266,7 +272,11 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
         let _ = app.activity.try_send((s.session_id, t));
         s.last_seen_at = t;
     }
-    let signed = Arc::new(Signed::new(s, &app.cfg.derived.access));
+    let signed = Arc::new(Signed::new(
+        s,
+        &app.cfg.derived.access,
+        crate::assertion::session_ref(&hash),
+    ));
     cache.insert(hash, signed.clone(), epoch);
     Ok(Some(signed))
 }
@@ -354,9 +364,18 @@ pub async fn follow_revocations(
         }
         match app.store.revocations_since(seen).await {
             Ok(rows) => {
-                for (seq, user_id) in rows {
-                    app.sessions.evict_user(user_id);
-                    tracing::info!(user_id, "sessions revoked by another process");
+                for (seq, user_id, keys) in rows {
+                    if keys {
+                        // Not acknowledged until it worked: `keys rotate` waits for it.
+                        if let Err(e) = reload_keys(&app).await {
+                            tracing::warn!(error = %e, "could not reload the signing keys; retrying");
+                            break;
+                        }
+                        tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
+                    } else {
+                        app.sessions.evict_user(user_id);
+                        tracing::info!(user_id, "sessions revoked by another process");
+                    }
                     seen = seq;
                 }
             }
@@ -399,6 +418,15 @@ pub async fn follow_revocations(
             tracing::warn!(error = %e, "could not unregister this server");
         }
     }
+}
+
+/// Read the signing keys again (after `keys rotate`): from then on every assertion is
+/// signed with the new active key, cached ones included (they carry the generation).
+async fn reload_keys(app: &App) -> Result<(), String> {
+    let keys = app.store.signing_keys().await.map_err(|e| e.to_string())?;
+    app.signing
+        .replace(crate::signing::Ring::from_stored(&keys, &app.key)?);
+    Ok(())
 }
 
 /// Record this server as running and up to date with revocation `seen`; false if the
@@ -449,7 +477,7 @@ mod tests {
     }
 
     fn signed(id: i64) -> Arc<Signed> {
-        Arc::new(Signed::new(user(id), &Default::default()))
+        Arc::new(Signed::new(user(id), &Default::default(), String::new()))
     }
 
     #[test]

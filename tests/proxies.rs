@@ -97,6 +97,9 @@ const FORGED: &[(&str, &str)] = &[
     ("x-user_email", "forged2@evil.example"),
     ("x_user_email", "forged3@evil.example"),
     ("x_user-id", "997"),
+    ("x-user-assertion", "forged.assertion.a"),
+    ("x-user_assertion", "forged.assertion.b"),
+    ("x_user_assertion", "forged.assertion.c"),
 ];
 
 async fn full_flow(kind: Kind) {
@@ -180,6 +183,14 @@ async fn full_flow(kind: Kind) {
     let ids = seen(&echo, "x-user-id");
     assert_eq!(ids.len(), 1, "{kind:?}: {echo}");
     assert!(ids[0].parse::<i64>().is_ok() && ids[0] != "999" && ids[0] != "998");
+    // authbase's signed assertion, once; none of the forged ones (tests/assertion.rs
+    // verifies its signature and claims).
+    let assertions = seen(&echo, "x-user-assertion");
+    assert_eq!(assertions.len(), 1, "{kind:?}: {echo}");
+    assert!(
+        assertions[0].starts_with("eyJ") && assertions[0].split('.').count() == 3,
+        "{kind:?}: {echo}"
+    );
 
     // Single sign-on: the other protected host accepts the same session.
     let mut wiki = b.clone();
@@ -250,6 +261,8 @@ const FORGED_GROUPS: &[(&str, &str)] = &[
     ("x-user_groups", "admins"),
     ("x_user_groups", "admins"),
     ("x-user-email", "forged@evil.example"),
+    ("x-user-assertion", "forged.assertion.a"),
+    ("x_user-assertion", "forged.assertion.b"),
 ];
 
 /// `[access]` rules through each real proxy: a public path reaches the app without a
@@ -267,7 +280,12 @@ async fn access_rules(kind: Kind) {
     assert_eq!(r.status, 200, "{kind:?}: {}\n{}", r.body, s.proxy.log());
     let echo = r.json();
     assert_eq!(echo["path"], "/public/logo.svg");
-    for h in ["x-user-groups", "x-user-email", "x-user-id"] {
+    for h in [
+        "x-user-groups",
+        "x-user-email",
+        "x-user-id",
+        "x-user-assertion",
+    ] {
         assert!(seen(&echo, h).is_empty(), "{kind:?}: {h} in {echo}");
     }
     // Only the public path: the rest of the host still needs a session.

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod auth;
 pub mod health;
+pub mod jwks;
 pub mod sign_in;
 pub mod verify;
 

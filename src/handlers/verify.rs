@@ -15,7 +15,8 @@
 //! user and host).
 //!
 //! A signed-in answer carries `X-User-Id` and `X-User-Email` (and `X-User-Groups` when
-//! the user has groups), exactly once each, and an empty body. No other answer carries
+//! the user has groups, and `X-User-Assertion` unless `assertion.enabled` is false),
+//! exactly once each, and an empty body. No other answer carries
 //! identity headers. No body is read.
 
 use hyper::body::Incoming;
@@ -87,11 +88,18 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
             .clone()
             .ok_or_else(|| AppError::Internal("stored address is not a header value".into()))?;
         let mut r = web::empty(StatusCode::OK);
+        // Sized once for the identity headers, the assertion and the security headers
+        // added on the way out: the map is allocated once and never grows.
+        *r.headers_mut() = HeaderMap::with_capacity(12);
         let hs = r.headers_mut();
         hs.insert("x-user-id", id);
         hs.insert("x-user-email", email);
         if let Some(g) = &signed.groups_header {
             hs.insert("x-user-groups", g.clone());
+        }
+        if ctx.app.cfg.assertion.enabled {
+            let a = crate::assertion::header(&ctx.app, &signed, &original)?;
+            r.headers_mut().insert("x-user-assertion", a);
         }
         r.extensions_mut().insert(web::UserId(signed.user.user_id));
         return Ok(r);

@@ -118,6 +118,22 @@ const STEPS: &[&str] = &[
     ALTER TABLE users ADD COLUMN confirmed_at INTEGER;
     UPDATE users SET confirmed_at = created_at;
     "#,
+    // 6: keys that sign identity assertions (see `signing`). `wrapped`: the Ed25519
+    // private key sealed with a key derived from the server key file, so the database
+    // alone does not give it away. retire_at NULL: the active key (exactly one); set:
+    // still published in the JWKS until then, then swept.
+    // revocations.kind: 'sessions' evicts cached sessions (user_id NULL: all of them);
+    // 'keys' tells running servers to reload the signing keys.
+    r#"
+    CREATE TABLE signing_keys (
+        kid         TEXT PRIMARY KEY,
+        created_at  INTEGER NOT NULL,
+        retire_at   INTEGER,
+        wrapped     BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys((retire_at IS NULL)) WHERE retire_at IS NULL;
+    ALTER TABLE revocations ADD COLUMN kind TEXT NOT NULL DEFAULT 'sessions';
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

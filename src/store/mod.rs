@@ -4,10 +4,12 @@
 //! runs on tokio's blocking pool (`spawn_blocking`, pool `get()` included) so the async
 //! executor never waits on disk. Only hashes of tokens and link secrets are stored.
 
+mod keys;
 mod migrations;
 mod servers;
 mod users;
 
+pub use keys::StoredKey;
 pub use servers::{HEARTBEAT, LIVE_FOR};
 pub use users::{AuditFilter, AuditRow, UserChange, UserRow};
 
@@ -503,14 +505,15 @@ impl Store {
         .await
     }
 
-    /// Revocations after `seq`: `(seq, user_id)`, `None` meaning every session.
-    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Option<i64>)>> {
+    /// Revocations after `seq`: `(seq, user_id, keys)`; `user_id` `None` meaning every
+    /// session; `keys` true for a signing-key change (reload the keys, evict nothing).
+    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Option<i64>, bool)>> {
         self.run(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT seq, user_id FROM revocations WHERE seq > ?1 ORDER BY seq",
+                "SELECT seq, user_id, kind = 'keys' FROM revocations WHERE seq > ?1 ORDER BY seq",
             )?;
             let rows = st
-                .query_map(params![seq], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -953,6 +956,11 @@ impl Store {
                 params![now - 86400],
             )?;
             n += c.execute("DELETE FROM servers WHERE heartbeat_at <= ?1", params![now - 86400])?;
+            // Retired signing keys, once their overlap period is over.
+            n += c.execute(
+                "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?1",
+                params![now],
+            )?;
             Ok(n)
         })
         .await

@@ -94,10 +94,21 @@ pub(crate) fn find_user(c: &Connection, email: &str) -> Result<Option<(i64, Stri
 /// Tell running servers to evict the cached sessions of `user_id` (`None`: of everyone);
 /// returns the record's number.
 pub(crate) fn record_revocation(c: &Connection, user_id: Option<i64>, now: i64) -> Result<i64> {
-    Ok(
-        c.prepare_cached("INSERT INTO revocations (user_id, at) VALUES (?1, ?2) RETURNING seq")?
-            .query_row(params![user_id, now], |r| r.get(0))?,
-    )
+    record_revocation_kind(c, user_id, now, "sessions")
+}
+
+/// A record in the revocation log: `sessions` (evict the user's cached sessions, or all
+/// with `None`) or `keys` (reload the signing keys).
+pub(crate) fn record_revocation_kind(
+    c: &Connection,
+    user_id: Option<i64>,
+    now: i64,
+    kind: &str,
+) -> Result<i64> {
+    Ok(c.prepare_cached(
+        "INSERT INTO revocations (user_id, at, kind) VALUES (?1, ?2, ?3) RETURNING seq",
+    )?
+    .query_row(params![user_id, now, kind], |r| r.get(0))?)
 }
 
 /// An admin change in the audit trail.
@@ -599,7 +610,7 @@ mod tests {
         assert!(seq > before);
         assert_eq!(
             s.revocations_since(before).await.unwrap(),
-            vec![(seq, Some(c.user_id))]
+            vec![(seq, Some(c.user_id), false)]
         );
         assert!(s.session(token, now(), 0).await.unwrap().is_none());
         assert!(s.session(pending, now(), 0).await.unwrap().is_none());

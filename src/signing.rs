@@ -1,0 +1,377 @@
+//! The Ed25519 keys that sign identity assertions: generation, sealing for the database,
+//! the key ring a running server signs with, and the JWKS that publishes it.
+//!
+//! Storage: the database holds each private key sealed with ChaCha20-Poly1305 under
+//! `ServerKey::signing_wrap_key()` (derived from the server key file), with the key id as
+//! associated data, so a copy of the database alone neither reveals a key nor lets anyone
+//! swap one key's sealed bytes for another's. Exactly one key is active; `keys rotate`
+//! retires it (still published for `OVERLAP`) and makes a new one active.
+//!
+//! A running server holds the ring behind a lock and a generation number. Cached
+//! assertions (see `assertion`) carry the generation they were signed under, so a reload
+//! (after `keys rotate`) makes every cached token stale at once, without touching the
+//! session cache.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sha2::{Digest, Sha256};
+
+use crate::secrets::{self, ServerKey};
+use crate::store::StoredKey;
+
+/// How long a retired key stays in the JWKS: longer than the longest assertion lifetime
+/// (`assertion.ttl` ≤ 10 min) plus the JWKS cache time (`JWKS_MAX_AGE`), so every token
+/// signed with it expires, and every verifier has refetched, before it disappears.
+pub const OVERLAP: Duration = Duration::from_secs(3600);
+/// `Cache-Control: max-age` of `/.well-known/jwks.json`.
+pub const JWKS_MAX_AGE: u64 = 300;
+
+const NONCE: usize = 12;
+
+/// A fresh key pair. The seed is the private key (RFC 8032).
+pub struct KeyPair {
+    pub kid: String,
+    seed: [u8; 32],
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyPair({})", self.kid)
+    }
+}
+
+impl KeyPair {
+    pub fn generate() -> KeyPair {
+        KeyPair::from_seed(secrets::random::<32>())
+    }
+
+    fn from_seed(seed: [u8; 32]) -> KeyPair {
+        let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        KeyPair {
+            kid: thumbprint(&public),
+            seed,
+            public,
+        }
+    }
+
+    /// The row to store: active, sealed under `key`.
+    pub fn stored(&self, key: &ServerKey, now: i64) -> StoredKey {
+        StoredKey {
+            kid: self.kid.clone(),
+            created_at: now,
+            retire_at: None,
+            wrapped: seal(&key.signing_wrap_key(), &self.kid, &self.seed),
+        }
+    }
+}
+
+/// The key id: the RFC 7638 JWK thumbprint (SHA-256, base64url), so it names the public
+/// key itself and any verifier can recompute it.
+fn thumbprint(public: &[u8; 32]) -> String {
+    // Members in lexicographic order, no whitespace (RFC 7638 §3.2).
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(public)
+    );
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// `nonce || ChaCha20-Poly1305(seed)`, the key id bound as associated data.
+fn seal(wrap: &[u8; 32], kid: &str, seed: &[u8; 32]) -> Vec<u8> {
+    let nonce = secrets::random::<NONCE>();
+    let sealed = ChaCha20Poly1305::new(wrap.into())
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: seed,
+                aad: kid.as_bytes(),
+            },
+        )
+        .expect("sealing 32 bytes cannot fail");
+    [&nonce[..], &sealed].concat()
+}
+
+fn unseal(wrap: &[u8; 32], kid: &str, wrapped: &[u8]) -> Option<[u8; 32]> {
+    if wrapped.len() < NONCE {
+        return None;
+    }
+    let (nonce, sealed) = wrapped.split_at(NONCE);
+    ChaCha20Poly1305::new(wrap.into())
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: kid.as_bytes(),
+            },
+        )
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+/// A public key in the JWKS.
+#[derive(Debug, Clone)]
+struct Published {
+    kid: String,
+    x: String,
+    retire_at: Option<i64>,
+}
+
+/// The keys a server signs with and publishes.
+pub struct Ring {
+    kid: String,
+    encoding: EncodingKey,
+    published: Vec<Published>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Ring(active {}, {} published)",
+            self.kid,
+            self.published.len()
+        )
+    }
+}
+
+impl Ring {
+    /// The ring from the stored keys (the active one is the row without `retire_at`).
+    /// A retired key that the server key cannot open is left out with a warning; an
+    /// active one is an error (the server key file was replaced or the row altered).
+    pub fn from_stored(keys: &[StoredKey], key: &ServerKey) -> Result<Ring, String> {
+        let wrap = key.signing_wrap_key();
+        let mut active = None;
+        let mut published = Vec::new();
+        for k in keys {
+            let Some(seed) = unseal(&wrap, &k.kid, &k.wrapped) else {
+                if k.retire_at.is_none() {
+                    return Err(format!(
+                        "the active signing key {} cannot be opened with the server key: was \
+                         secret_key_file replaced? `authbase keys rotate` starts a new key",
+                        k.kid
+                    ));
+                }
+                tracing::warn!(kid = %k.kid, "a retired signing key cannot be opened with the server key; not published");
+                continue;
+            };
+            let pair = KeyPair::from_seed(seed);
+            if pair.kid != k.kid {
+                return Err(format!("signing key {} does not match its id", k.kid));
+            }
+            published.push(Published {
+                kid: k.kid.clone(),
+                x: URL_SAFE_NO_PAD.encode(pair.public),
+                retire_at: k.retire_at,
+            });
+            if k.retire_at.is_none() {
+                active = Some(pair);
+            }
+        }
+        let pair = active.ok_or("no active signing key")?;
+        let der = SigningKey::from_bytes(&pair.seed)
+            .to_pkcs8_der()
+            .map_err(|e| format!("signing key {}: {e}", pair.kid))?;
+        Ok(Ring {
+            kid: pair.kid,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            published,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// A compact JWS of `claims`: `{"typ":"JWT","alg":"EdDSA","kid":…}`.
+    pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, String> {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, claims, &self.encoding).map_err(|e| e.to_string())
+    }
+
+    /// `/.well-known/jwks.json` at `now`: the active key and retired keys still within
+    /// their overlap, active first.
+    pub fn jwks(&self, now: i64) -> serde_json::Value {
+        let mut keys: Vec<&Published> = self
+            .published
+            .iter()
+            .filter(|p| p.retire_at.is_none_or(|t| t > now))
+            .collect();
+        keys.sort_by_key(|p| p.retire_at.is_some());
+        serde_json::json!({
+            "keys": keys.iter().map(|p| serde_json::json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": p.x,
+                "kid": p.kid,
+                "use": "sig",
+                "alg": "EdDSA",
+            })).collect::<Vec<_>>()
+        })
+    }
+}
+
+/// The ring of a running server, replaced when the keys change.
+pub struct Keys {
+    ring: RwLock<Arc<Ring>>,
+    generation: AtomicU64,
+}
+
+impl Keys {
+    pub fn new(ring: Ring) -> Keys {
+        Keys {
+            ring: RwLock::new(Arc::new(ring)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Bumped by every `replace`; read it before `current` so that a token signed with
+    /// the ring read after it is never tagged newer than it is.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<Ring> {
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, ring: Ring) {
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Load the keys at start-up, creating the first one if the database has none.
+pub fn load_or_create(store: &crate::store::Store, key: &ServerKey) -> Result<Ring, String> {
+    let candidate = KeyPair::generate().stored(key, crate::store::now());
+    let keys = store
+        .ensure_signing_key(candidate)
+        .map_err(|e| format!("signing keys: {e}"))?;
+    Ring::from_stored(&keys, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{decode, DecodingKey, Validation};
+
+    fn server_key(b: u8) -> ServerKey {
+        ServerKey::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn the_wrap_opens_only_with_the_same_server_key_and_kid() {
+        let pair = KeyPair::generate();
+        let stored = pair.stored(&server_key(1), 5);
+        assert_eq!(stored.kid, pair.kid);
+        assert!(!stored.wrapped.windows(32).any(|w| w == pair.seed));
+        let wrap = server_key(1).signing_wrap_key();
+        assert_eq!(unseal(&wrap, &pair.kid, &stored.wrapped), Some(pair.seed));
+        assert_eq!(
+            unseal(
+                &server_key(2).signing_wrap_key(),
+                &pair.kid,
+                &stored.wrapped
+            ),
+            None
+        );
+        assert_eq!(unseal(&wrap, "another kid", &stored.wrapped), None);
+        let mut tampered = stored.wrapped.clone();
+        tampered[20] ^= 1;
+        assert_eq!(unseal(&wrap, &pair.kid, &tampered), None);
+        assert_eq!(unseal(&wrap, &pair.kid, &[1, 2]), None);
+        // Every seal uses a fresh nonce.
+        assert_ne!(pair.stored(&server_key(1), 5).wrapped, stored.wrapped);
+    }
+
+    #[test]
+    fn an_unopenable_active_key_is_an_error_a_retired_one_is_skipped() {
+        let a = KeyPair::generate().stored(&server_key(1), 1);
+        let mut old = KeyPair::generate().stored(&server_key(2), 0);
+        old.retire_at = Some(i64::MAX);
+        let ring = Ring::from_stored(&[old.clone(), a.clone()], &server_key(1)).unwrap();
+        assert_eq!(ring.kid(), a.kid);
+        assert_eq!(ring.jwks(0)["keys"].as_array().unwrap().len(), 1);
+        assert!(Ring::from_stored(&[a], &server_key(2)).is_err());
+        assert!(Ring::from_stored(&[old], &server_key(2)).is_err());
+    }
+
+    #[test]
+    fn the_kid_is_the_rfc7638_thumbprint() {
+        // RFC 8037 appendix A.3: the thumbprint of its example Ed25519 key.
+        let public: [u8; 32] = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            thumbprint(&public),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        // And the key pair of its private key has that public key.
+        let seed: [u8; 32] = URL_SAFE_NO_PAD
+            .decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert_eq!(KeyPair::from_seed(seed).public, public);
+    }
+
+    #[test]
+    fn jwks_publishes_live_keys_that_verify_tokens() {
+        let k = server_key(3);
+        let mut old = KeyPair::generate().stored(&k, 0);
+        old.retire_at = Some(100);
+        let active = KeyPair::generate().stored(&k, 1);
+        let ring = Ring::from_stored(&[old.clone(), active.clone()], &k).unwrap();
+        let jwks = ring.jwks(99);
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0]["kid"], active.kid.as_str());
+        assert_eq!(keys[1]["kid"], old.kid.as_str());
+        for j in keys {
+            assert_eq!(j["kty"], "OKP");
+            assert_eq!(j["crv"], "Ed25519");
+            assert_eq!(j["use"], "sig");
+            assert_eq!(j["alg"], "EdDSA");
+            assert_eq!(j.as_object().unwrap().len(), 6);
+        }
+        // Past its overlap, a retired key is no longer published.
+        assert_eq!(ring.jwks(100)["keys"].as_array().unwrap().len(), 1);
+
+        // A token signed by the ring verifies with the published JWK (parsed by the
+        // JOSE crate, not by us), and its header names the key.
+        let token = ring
+            .sign(&serde_json::json!({ "sub": "1", "exp": i64::MAX / 2 }))
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(active.kid.as_str()));
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
+        let jwk = set.find(&active.kid).unwrap();
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.required_spec_claims.clear();
+        v.validate_aud = false;
+        let data =
+            decode::<serde_json::Value>(&token, &DecodingKey::from_jwk(jwk).unwrap(), &v).unwrap();
+        assert_eq!(data.claims["sub"], "1");
+        // The other key does not verify it.
+        let other = set.find(&old.kid).unwrap();
+        assert!(
+            decode::<serde_json::Value>(&token, &DecodingKey::from_jwk(other).unwrap(), &v)
+                .is_err()
+        );
+    }
+}

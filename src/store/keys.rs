@@ -1,0 +1,142 @@
+//! The keys that sign identity assertions, as stored: sealed private keys (the store
+//! never sees them in the clear; see `signing`), which one is active, and until when
+//! retired ones stay published.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, TransactionBehavior};
+
+use super::{users, Result, Store, StoreError};
+
+/// A signing key as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub kid: String,
+    pub created_at: i64,
+    /// `None`: the active key. Otherwise published until then, then swept.
+    pub retire_at: Option<i64>,
+    /// The private key, sealed under a key derived from the server key file.
+    pub wrapped: Vec<u8>,
+}
+
+fn all(c: &Connection) -> Result<Vec<StoredKey>> {
+    let mut st = c.prepare_cached(
+        "SELECT kid, created_at, retire_at, wrapped FROM signing_keys
+          ORDER BY retire_at IS NULL, created_at, kid",
+    )?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(StoredKey {
+                kid: r.get(0)?,
+                created_at: r.get(1)?,
+                retire_at: r.get(2)?,
+                wrapped: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+impl Store {
+    /// Every stored key, oldest first, the active one last.
+    pub async fn signing_keys(&self) -> Result<Vec<StoredKey>> {
+        self.run(|c| all(c)).await
+    }
+
+    /// At start-up, before anything is served: store `candidate` as the active key
+    /// unless there is one already, then read every key. One immediate transaction, so
+    /// two servers starting on a new database agree on one key. Blocks the calling
+    /// thread (a few milliseconds, once).
+    pub fn ensure_signing_key(&self, candidate: StoredKey) -> Result<Vec<StoredKey>> {
+        let mut c = self.pool.get()?;
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let active: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM signing_keys WHERE retire_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if active == 0 {
+            tx.execute(
+                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped) VALUES (?1, ?2, NULL, ?3)",
+                params![candidate.kid, candidate.created_at, candidate.wrapped],
+            )?;
+        }
+        let keys = all(&tx)?;
+        tx.commit()?;
+        Ok(keys)
+    }
+
+    /// Make `new` the active key; the previous one stays published for `overlap`. With a
+    /// revocation record of kind `keys` in the same transaction, so running servers
+    /// reload their keys; returns its number for `await_servers`.
+    pub async fn rotate_signing_key(
+        &self,
+        new: StoredKey,
+        overlap: Duration,
+        now: i64,
+    ) -> Result<i64> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE signing_keys SET retire_at = ?1 WHERE retire_at IS NULL",
+                params![now + overlap.as_secs() as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped) VALUES (?1, ?2, NULL, ?3)",
+                params![new.kid, new.created_at, new.wrapped],
+            )
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    StoreError::Db(format!("key id {} exists already", new.kid))
+                }
+                _ => e.into(),
+            })?;
+            let seq = users::record_revocation_kind(&tx, None, now, "keys")?;
+            tx.commit()?;
+            Ok(seq)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: &str) -> StoredKey {
+        StoredKey {
+            kid: kid.into(),
+            created_at: 100,
+            retire_at: None,
+            wrapped: vec![1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn one_active_key_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db"), Duration::from_secs(5)).unwrap();
+        let first = s.ensure_signing_key(key("a")).unwrap();
+        assert_eq!(first, vec![key("a")]);
+        // A second start (or a racing server) keeps the existing key.
+        assert_eq!(s.ensure_signing_key(key("b")).unwrap(), vec![key("a")]);
+        let before = s.last_revocation().await.unwrap();
+        let seq = s
+            .rotate_signing_key(key("c"), Duration::from_secs(3600), 1000)
+            .await
+            .unwrap();
+        assert!(seq > before);
+        let rows = s.revocations_since(before).await.unwrap();
+        assert_eq!(rows, vec![(seq, None, true)]);
+        let keys = s.signing_keys().await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].kid, "a");
+        assert_eq!(keys[0].retire_at, Some(4600));
+        assert_eq!(keys[1], key("c"));
+        // Retired keys are swept once their overlap has passed; the active one never.
+        s.sweep(4599, 0).await.unwrap();
+        assert_eq!(s.signing_keys().await.unwrap().len(), 2);
+        s.sweep(4600, 0).await.unwrap();
+        assert_eq!(s.signing_keys().await.unwrap(), vec![key("c")]);
+    }
+}

@@ -1,0 +1,446 @@
+//! `X-User-Assertion` and `/.well-known/jwks.json`, end to end: real authbase, real
+//! nginx from `deploy/`, a real echo app, and verification by independent
+//! implementations — PyJWT (with `PyJWKClient` fetching the JWKS over HTTP) and the
+//! examples in `deploy/examples/` (Python, and Node with `jose` installed from npm into
+//! `target/`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::proxy::{free_port, seen, EchoApp, Kind, Proxy};
+use common::*;
+use hyper::Method;
+
+const SECTIONS: &str = r#"
+[access.groups]
+admins = ["alice@example.com"]
+
+[[access.rules]]
+host = "app.example.com"
+paths = ["/public/"]
+policy = "bypass"
+"#;
+
+const FORGED: &[(&str, &str)] = &[
+    ("x-user-assertion", "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."),
+    ("x-user_assertion", "forged.assertion.b"),
+    ("x_user-assertion", "forged.assertion.c"),
+    ("x_user_assertion", "forged.assertion.d"),
+];
+
+struct Stack {
+    smtp: Smtp,
+    ab: Authbase,
+    _app: EchoApp,
+    proxy: Proxy,
+}
+
+async fn nginx_stack() -> Stack {
+    let smtp = Smtp::start();
+    let app = EchoApp::start().await;
+    let port = free_port();
+    let top = "trusted_proxies = [\"127.0.0.1\"]\n[cookie]\ndomain = \"example.com\"\n";
+    let cfg = test_config(smtp.port, top, SECTIONS)
+        .replace(
+            "http://auth.test.localhost/me",
+            &format!("http://app.example.com:{port}/"),
+        )
+        .replace(
+            "http://auth.test.localhost",
+            &format!("http://auth.example.com:{port}"),
+        );
+    let ab = Authbase::start(&cfg);
+    let proxy = Proxy::start(Kind::Nginx, port, &ab.addr, &app.addr).await;
+    Stack {
+        smtp,
+        ab,
+        _app: app,
+        proxy,
+    }
+}
+
+impl Stack {
+    fn browser(&self, site: &str) -> Browser {
+        let mut b = Browser::new(&self.proxy.addr());
+        b.host = Some(self.proxy.host(site));
+        b
+    }
+
+    async fn sign_in(&self, b: &mut Browser, email: &str) {
+        let site = b.host.clone();
+        b.host = Some(self.proxy.host("auth"));
+        b.origin = Some(format!("http://{}", self.proxy.host("auth")));
+        let before = self.smtp.messages().len();
+        let r = b.post_form("/auth", &[("email", email)]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mail = self.smtp.wait_for(before + 1).await[before].clone();
+        let r = b.get(&mail.link_path()).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        b.host = site;
+        b.origin = None;
+    }
+
+    fn jwks_url(&self) -> String {
+        self.ab.url("/.well-known/jwks.json")
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://auth.example.com:{}", self.proxy.port)
+    }
+
+    /// The one assertion the app saw for this request; its other identity headers too.
+    async fn assertion(&self, b: &mut Browser, path: &str) -> (String, serde_json::Value) {
+        let r = b.request(Method::GET, path, FORGED, Bytes::new()).await;
+        assert_eq!(r.status, 200, "{}\n{}", r.body, self.proxy.log());
+        let echo = r.json();
+        let a = seen(&echo, "x-user-assertion");
+        assert_eq!(
+            a.len(),
+            1,
+            "exactly one assertion, not a forged one: {echo}"
+        );
+        assert!(!a[0].starts_with("eyJhbGciOiJub25l") && !a[0].starts_with("forged"));
+        (a[0].clone(), echo)
+    }
+}
+
+/// Run a command with a bounded wait: (exit success, stdout, stderr).
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.success(), out.join().unwrap(), err.join().unwrap())
+}
+
+/// PyJWT, run by the test: fetch the JWKS over HTTP (`PyJWKClient`), pick the key by
+/// `kid`, verify signature, `iss`, `aud` and `exp` (with `leeway` seconds; negative
+/// pretends it is that much later, to check expiry without waiting). Prints `{"header", "claims"}` or the error's class name.
+const PYJWT: &str = r#"
+import json, sys, jwt
+jwks_url, iss, aud, leeway, token = sys.argv[1:]
+try:
+    key = jwt.PyJWKClient(jwks_url, cache_keys=False).get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, key.key, algorithms=["EdDSA"], issuer=iss, audience=aud,
+                        leeway=float(leeway),
+                        options={"require": ["iss", "aud", "sub", "iat", "exp"],
+                                 # "later" makes iat look fine: only exp is in question
+                                 "verify_iat": float(leeway) >= 0})
+    print(json.dumps({"header": jwt.get_unverified_header(token), "claims": claims}))
+except jwt.PyJWTError as e:
+    print(type(e).__name__)
+    sys.exit(1)
+"#;
+
+fn pyjwt(s: &Stack, aud: &str, leeway: i64, token: &str) -> Result<serde_json::Value, String> {
+    let (ok, out, err) = run(Command::new(venv().join("bin/python"))
+        .args(["-c", PYJWT, &s.jwks_url(), &s.issuer(), aud])
+        .arg(leeway.to_string())
+        .arg(token));
+    if ok {
+        Ok(serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")))
+    } else {
+        assert!(!out.is_empty(), "PyJWT failed to run: {err}");
+        Err(out.trim().to_string())
+    }
+}
+
+fn tamper(token: &str) -> String {
+    // Another user's address in a well-formed payload: the signature no longer matches.
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let forged = payload.replace("@example.com", "@example.org");
+    assert_ne!(forged, payload);
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(forged),
+        parts[2]
+    )
+}
+
+#[tokio::test]
+async fn the_assertion_reaches_the_app_through_nginx_and_verifies_with_pyjwt() {
+    let s = nginx_stack().await;
+    let app_host = s.proxy.host("app");
+    let wiki_host = s.proxy.host("wiki");
+    assert!(app_host.ends_with(&format!(":{}", s.proxy.port)));
+
+    let mut b = s.browser("app");
+    s.sign_in(&mut b, "alice@example.com").await;
+    let (token, echo) = s.assertion(&mut b, "/page").await;
+
+    // Verified by PyJWT against the JWKS fetched over HTTP; `aud` is the requested host.
+    let v = pyjwt(&s, &app_host, 0, &token).expect("a valid assertion");
+    let (h, c) = (&v["header"], &v["claims"]);
+    assert_eq!(h["alg"], "EdDSA");
+    assert_eq!(h["typ"], "JWT");
+    let kid = h["kid"].as_str().unwrap().to_string();
+    assert_eq!(c["iss"], s.issuer().as_str());
+    assert_eq!(c["aud"], app_host.as_str());
+    assert_eq!(
+        c["sub"].as_str().unwrap(),
+        seen(&echo, "x-user-id")[0],
+        "sub is the user id, as a string"
+    );
+    assert_eq!(c["email"], "alice@example.com");
+    assert_eq!(c["groups"], serde_json::json!(["admins"]));
+    let (iat, exp) = (c["iat"].as_i64().unwrap(), c["exp"].as_i64().unwrap());
+    assert_eq!(exp - iat, 120, "assertion.ttl defaults to 2m");
+    let sid = c["sid"].as_str().unwrap();
+    assert_eq!(sid.len(), 22);
+    let cookie = b.session().unwrap().clone();
+    assert!(!token.contains(cookie.as_str()) && !cookie.contains(sid));
+    assert!(c["jti"].as_str().is_some_and(|j| !j.is_empty()));
+
+    // The same session and host gets the same token while it is fresh (signed once).
+    let (again, _) = s.assertion(&mut b, "/other").await;
+    assert_eq!(again, token);
+
+    // Rejected: another host's audience, a tampered token, an expired one.
+    assert_eq!(
+        pyjwt(&s, &wiki_host, 0, &token).unwrap_err(),
+        "InvalidAudienceError"
+    );
+    assert_eq!(
+        pyjwt(&s, &app_host, 0, &tamper(&token)).unwrap_err(),
+        "InvalidSignatureError"
+    );
+    assert_eq!(
+        pyjwt(&s, &app_host, -(exp - iat + 10), &token).unwrap_err(),
+        "ExpiredSignatureError"
+    );
+
+    // The other host gets its own token, for its own audience; A's is no good on B.
+    let mut wiki = b.clone();
+    wiki.host = Some(wiki_host.clone());
+    let (wiki_token, _) = s.assertion(&mut wiki, "/w").await;
+    assert_ne!(wiki_token, token);
+    let w = pyjwt(&s, &wiki_host, 0, &wiki_token).unwrap();
+    assert_eq!(w["claims"]["aud"], wiki_host.as_str());
+    assert_eq!(w["claims"]["sid"], sid, "one session, one sid");
+    assert_eq!(
+        pyjwt(&s, &app_host, 0, &wiki_token).unwrap_err(),
+        "InvalidAudienceError"
+    );
+
+    // A public (bypass) path: no identity, so no assertion, and no forged one either.
+    let mut anon = s.browser("app");
+    let r = anon
+        .request(Method::GET, "/public/x", FORGED, Bytes::new())
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(seen(&r.json(), "x-user-assertion").is_empty(), "{}", r.body);
+    // Signed in, on a bypass path: still none (bypass answers carry no identity).
+    let r = b
+        .request(Method::GET, "/public/x", FORGED, Bytes::new())
+        .await;
+    assert!(seen(&r.json(), "x-user-assertion").is_empty(), "{}", r.body);
+
+    // The JWKS: public, cacheable, the one key.
+    let r = send(
+        &s.ab.addr,
+        Method::GET,
+        "/.well-known/jwks.json",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("public, max-age=300"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let keys = r.json()["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], kid.as_str());
+
+    // Sign out: no assertion any more, neither through nginx nor from /verify itself.
+    let mut portal = b.clone();
+    portal.host = Some(s.proxy.host("auth"));
+    let origin = format!("http://{}", s.proxy.host("auth"));
+    let r = portal
+        .request(
+            Method::POST,
+            "/sign_out",
+            &[("origin", &origin), ("accept", "application/json")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = b.get("/page").await;
+    assert_eq!(r.status, 302, "signed out: the app is not reached");
+    let r = send(
+        &s.ab.addr,
+        Method::GET,
+        "/verify",
+        &[
+            ("cookie", &format!("session_id={cookie}")),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", &app_host),
+            ("x-forwarded-uri", "/page"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("x-user-assertion").is_none());
+}
+
+#[tokio::test]
+async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
+    let s = nginx_stack().await;
+    let app_host = s.proxy.host("app");
+    let mut b = s.browser("app");
+    s.sign_in(&mut b, "bob@example.com").await;
+    let (old, _) = s.assertion(&mut b, "/").await;
+    let old_kid = pyjwt(&s, &app_host, 0, &old).unwrap()["header"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (ok, out, err) = s.ab.cli(&["keys", "rotate"]);
+    assert!(ok.success(), "{out}{err}");
+    assert!(out.contains("1 running server applied it"), "{out}{err}");
+
+    let (ok, out, _) = s.ab.cli(&["keys", "list", "--json"]);
+    assert!(ok.success());
+    let keys: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{out}");
+    let active: Vec<_> = keys.iter().filter(|k| k["active"] == true).collect();
+    assert_eq!(active.len(), 1);
+    let new_kid = active[0]["kid"].as_str().unwrap().to_string();
+    assert_ne!(new_kid, old_kid);
+    let retiring = keys.iter().find(|k| k["kid"] == old_kid.as_str()).unwrap();
+    assert!(retiring["retire_at"].as_i64().unwrap() > retiring["created_at"].as_i64().unwrap());
+    let (ok, table, _) = s.ab.cli(&["keys", "list"]);
+    assert!(ok.success() && table.contains("active") && table.contains("retiring"));
+
+    // The very next assertion, for the same session and host, uses the new key.
+    let (new, _) = s.assertion(&mut b, "/").await;
+    assert_ne!(new, old);
+    let v = pyjwt(&s, &app_host, 0, &new).unwrap();
+    assert_eq!(v["header"]["kid"], new_kid.as_str());
+    // The old token still verifies: its key is still published.
+    assert_eq!(
+        pyjwt(&s, &app_host, 0, &old).unwrap()["header"]["kid"],
+        old_kid.as_str()
+    );
+    let r = send(
+        &s.ab.addr,
+        Method::GET,
+        "/.well-known/jwks.json",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    let published: Vec<String> = r.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(published, vec![new_kid, old_kid], "active first");
+    // And the new token is then reused like any other.
+    let (again, _) = s.assertion(&mut b, "/x").await;
+    assert_eq!(again, new);
+}
+
+/// The examples in deploy/examples, run on a real token: Python (PyJWT) and Node
+/// (`jose`, installed from npm into target/). The Go example needs the Go module proxy,
+/// which the test machines cannot reach; it is not run here.
+#[tokio::test]
+async fn the_python_and_node_examples_verify_a_real_token() {
+    let s = nginx_stack().await;
+    let app_host = s.proxy.host("app");
+    let wiki_host = s.proxy.host("wiki");
+    let mut b = s.browser("app");
+    s.sign_in(&mut b, "carol@example.com").await;
+    let (token, _) = s.assertion(&mut b, "/").await;
+    let (jwks, iss) = (s.jwks_url(), s.issuer());
+
+    let python = |aud: &str, token: &str| {
+        run(Command::new(venv().join("bin/python"))
+            .arg(repo().join("deploy/examples/verify_assertion.py"))
+            .args([&jwks, &iss, aud, token]))
+    };
+    let (ok, out, err) = python(&app_host, &token);
+    assert!(ok, "{out}{err}");
+    let claims: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(claims["email"], "carol@example.com");
+    let (ok, _, err) = python(&wiki_host, &token);
+    assert!(!ok && err.contains("InvalidAudienceError"), "{err}");
+    let (ok, _, err) = python(&app_host, &tamper(&token));
+    assert!(!ok && err.contains("InvalidSignatureError"), "{err}");
+
+    let dir = node_example();
+    let node = |aud: &str, token: &str| {
+        run(Command::new("node")
+            .arg(dir.join("verify-assertion.mjs"))
+            .args([&jwks, &iss, aud, token])
+            .current_dir(&dir))
+    };
+    let (ok, out, err) = node(&app_host, &token);
+    assert!(ok, "{out}{err}");
+    let claims: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(claims["email"], "carol@example.com");
+    assert_eq!(claims["aud"], app_host.as_str());
+    let (ok, _, err) = node(&wiki_host, &token);
+    assert!(
+        !ok && err.contains("ERR_JWT_CLAIM_VALIDATION_FAILED"),
+        "{err}"
+    );
+    let (ok, _, err) = node(&app_host, &tamper(&token));
+    assert!(
+        !ok && err.contains("ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),
+        "{err}"
+    );
+}
+
+/// `target/examples-node/` with the Node example and `jose` (the version in
+/// deploy/examples/package.json) installed from npm.
+fn node_example() -> std::path::PathBuf {
+    let dir = repo().join("target/examples-node");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["verify-assertion.mjs", "package.json"] {
+        std::fs::copy(repo().join("deploy/examples").join(f), dir.join(f)).unwrap();
+    }
+    if !Path::new(&dir.join("node_modules/jose/package.json")).exists() {
+        let (ok, out, err) = run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir));
+        assert!(ok, "npm install jose: {out}{err}");
+    }
+    dir
+}
