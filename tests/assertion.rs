@@ -381,7 +381,7 @@ async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
 /// (`jose`, installed from npm into target/). The Go example needs the Go module proxy,
 /// which the test machines cannot reach; it is not run here.
 #[tokio::test]
-async fn the_python_and_node_examples_verify_a_real_token() {
+async fn the_python_node_and_go_examples_verify_a_real_token() {
     let s = nginx_stack().await;
     let app_host = s.proxy.host("app");
     let wiki_host = s.proxy.host("wiki");
@@ -426,6 +426,54 @@ async fn the_python_and_node_examples_verify_a_real_token() {
         !ok && err.contains("ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),
         "{err}"
     );
+
+    let bin = go_example();
+    let go = |aud: &str, token: &str| run(Command::new(&bin).args([&jwks, &iss, aud, token]));
+    let (ok, out, err) = go(&app_host, &token);
+    assert!(ok, "{out}{err}");
+    let claims: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(claims["email"], "carol@example.com");
+    let (ok, _, err) = go(&wiki_host, &token);
+    assert!(!ok && err.contains("audience"), "{err}");
+    let (ok, _, err) = go(&app_host, &tamper(&token));
+    assert!(!ok && err.contains("verification error"), "{err}");
+}
+
+/// The Go example built into `target/examples-go/verify`, offline: a copy of
+/// deploy/examples/go-verify whose go.mod points golang-jwt v4 at Debian's copy
+/// (package golang-github-golang-jwt-jwt-dev, installed by scripts/test).
+fn go_example() -> std::path::PathBuf {
+    let debian = Path::new("/usr/share/gocode/src/github.com/golang-jwt/jwt");
+    assert!(
+        debian.join("go.mod").exists(),
+        "golang-jwt is not installed at {} — run the suite with scripts/test, which installs golang-go and golang-github-golang-jwt-jwt-dev",
+        debian.display()
+    );
+    let dir = repo().join("target/examples-go");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["main.go", "go.mod"] {
+        std::fs::copy(
+            repo().join("deploy/examples/go-verify").join(f),
+            dir.join(f),
+        )
+        .unwrap();
+    }
+    let target = repo().join("target");
+    let go = |args: &[&str]| {
+        run(Command::new("go")
+            .args(args)
+            .current_dir(&dir)
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .env("GOPATH", target.join("gopath"))
+            .env("GOCACHE", target.join("gocache")))
+    };
+    let replace = format!("-replace=github.com/golang-jwt/jwt/v4={}", debian.display());
+    let (ok, out, err) = go(&["mod", "edit", &replace]);
+    assert!(ok, "go mod edit: {out}{err}");
+    let (ok, out, err) = go(&["build", "-o", "verify", "."]);
+    assert!(ok, "go build of the Go example: {out}{err}");
+    dir.join("verify")
 }
 
 /// `target/examples-node/` with the Node example and `jose` (the version in

@@ -1,5 +1,5 @@
 module example.com/authbase-verify
 
-go 1.21
+go 1.19
 
-require github.com/golang-jwt/jwt/v5 v5.3.1
+require github.com/golang-jwt/jwt/v4 v4.4.3

@@ -1,5 +1,7 @@
-// Verify authbase's X-User-Assertion with github.com/golang-jwt/jwt/v5 and a small JWKS
-// fetch (Ed25519 keys only, which is all authbase publishes).
+// Verify authbase's X-User-Assertion with github.com/golang-jwt/jwt/v4 (the version
+// Debian packages as golang-github-golang-jwt-jwt-dev; v5 works the same way with its
+// WithAudience/WithIssuer parser options) and a small JWKS fetch (Ed25519 keys only,
+// which is all authbase publishes).
 //
 //	go run . JWKS_URL ISSUER AUDIENCE TOKEN
 //
@@ -19,7 +21,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/golang-jwt/jwt/v4"
 )
 
 // Keys is a cached JWKS: fetched on first use, again after five minutes, and again (at
@@ -96,16 +98,20 @@ func (k *Keys) Verify(token, issuer, audience string) (*Claims, error) {
 	_, err := jwt.ParseWithClaims(token, claims, func(t *jwt.Token) (interface{}, error) {
 		kid, _ := t.Header["kid"].(string)
 		return k.key(kid)
-	},
-		jwt.WithValidMethods([]string{"EdDSA"}), // never let the token choose
-		jwt.WithIssuer(issuer),
-		jwt.WithAudience(audience), // this app's host: a token for another app is refused
-		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(),
-		jwt.WithLeeway(5*time.Second),
-	)
+	}, jwt.WithValidMethods([]string{"EdDSA"})) // never let the token choose
+	// ParseWithClaims has checked the signature, and exp/iat/nbf when present.
 	if err != nil {
 		return nil, err
+	}
+	if claims.ExpiresAt == nil {
+		return nil, errors.New("no exp claim")
+	}
+	if !claims.VerifyIssuer(issuer, true) {
+		return nil, fmt.Errorf("token is from issuer %q, not %q", claims.Issuer, issuer)
+	}
+	// This app's host: a token for another app is refused.
+	if !claims.VerifyAudience(audience, true) {
+		return nil, fmt.Errorf("token is for audience %v, not %q", claims.Audience, audience)
 	}
 	if claims.Subject == "" {
 		return nil, errors.New("no sub claim")
