@@ -122,6 +122,9 @@ impl Tokens {
         if let Some(i) = v.iter().position(|e| e.host == c.host && e.port == c.port) {
             v[i] = c;
         } else if v.len() < PER_HOST {
+            // Most sessions visit one host: grow one slot at a time (a plain push would
+            // reserve four, ~250 bytes per cached session for nothing).
+            v.reserve_exact(1);
             v.push(c);
         } else if let Some(oldest) = v.iter_mut().min_by_key(|e| e.refresh_at) {
             *oldest = c;
@@ -148,7 +151,11 @@ pub fn header(app: &App, signed: &Signed, o: &Original) -> Result<HeaderValue, A
     let token = ring
         .sign(&claims(signed, app.cfg.public_base(), &aud, now, ttl))
         .map_err(|e| AppError::Internal(format!("cannot sign an assertion: {e}")))?;
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(token))
+    // Shrunk to fit: the cache keeps one per session and host, and the signer's string
+    // may carry spare capacity.
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(
+        token.into_bytes().into_boxed_slice(),
+    ))
         .map_err(|_| AppError::Internal("an assertion is not a header value".into()))?;
     signed.tokens.put(Cached {
         host: o.host.as_ref().into(),

@@ -78,7 +78,7 @@ pub struct Signed {
     /// `X-User-Groups`, when the user has any.
     pub groups_header: Option<HeaderValue>,
     /// The `sid` claim of its assertions (`assertion::session_ref`).
-    pub sid: String,
+    pub sid: Box<str>,
     /// Assertions given to this session, by host, for reuse (see `assertion`).
     pub tokens: crate::assertion::Tokens,
 }
@@ -109,7 +109,7 @@ impl Signed {
             groups,
             headers,
             groups_header,
-            sid,
+            sid: sid.into_boxed_str(),
             tokens: Default::default(),
         }
     }
