@@ -153,10 +153,9 @@ pub fn header(app: &App, signed: &Signed, o: &Original) -> Result<HeaderValue, A
         .map_err(|e| AppError::Internal(format!("cannot sign an assertion: {e}")))?;
     // Shrunk to fit: the cache keeps one per session and host, and the signer's string
     // may carry spare capacity.
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(
-        token.into_bytes().into_boxed_slice(),
-    ))
-        .map_err(|_| AppError::Internal("an assertion is not a header value".into()))?;
+    let value =
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(token.into_bytes().into_boxed_slice()))
+            .map_err(|_| AppError::Internal("an assertion is not a header value".into()))?;
     signed.tokens.put(Cached {
         host: o.host.as_ref().into(),
         port: o.port,

@@ -241,12 +241,19 @@ impl Authbase {
     }
 
     fn start_logging(dir: tempfile::TempDir, config: &str, log: &str) -> Authbase {
+        Authbase::spawn(dir, config, log, &[])
+    }
+
+    /// Start `authbase serve` in `dir` with `config`, the `RUST_LOG` filter `log` and
+    /// extra environment variables for the child only (tests never change their own).
+    fn spawn(dir: tempfile::TempDir, config: &str, log: &str, env: &[(&str, &str)]) -> Authbase {
         std::fs::write(dir.path().join("authbase.toml"), config).unwrap();
         let mut child = Command::new(binary())
             .arg("serve")
             .current_dir(dir.path())
             .env("RUST_LOG", log)
             .env_remove("AUTHBASE_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -622,72 +629,15 @@ impl Authbase {
 
 impl Authbase {
     /// `start`, with extra environment variables for the server (`AUTHBASE_*` overrides).
-    /// Like `start_logging`, but the variables are passed to the child only: tests never
+    /// Like `start`, with extra environment variables for the child only: tests never
     /// change their own environment.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Authbase {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("authbase.toml"), config).unwrap();
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("RUST_LOG", "debug,hyper=info,rustls=info,r2d2=info")
-            .env_remove("AUTHBASE_CONFIG")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start authbase");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let out = stdout.clone();
-            let r = BufReader::new(child.stdout.take().unwrap());
-            std::thread::spawn(move || {
-                for l in r.lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&l);
-                    o.push('\n');
-                }
-            });
-        }
-        {
-            let err = stderr.clone();
-            let r = BufReader::new(child.stderr.take().unwrap());
-            std::thread::spawn(move || {
-                for l in r.lines().map_while(Result::ok) {
-                    if let Some(i) = l.find("listening on http://") {
-                        let a = l[i + "listening on http://".len()..]
-                            .split(|c: char| c.is_whitespace() || c == ';')
-                            .next()
-                            .unwrap_or("")
-                            .to_string();
-                        let _ = tx.send(a);
-                    }
-                    let mut e = err.lock().unwrap();
-                    e.push_str(&l);
-                    e.push('\n');
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "authbase did not start; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        Authbase {
-            child: Some(child),
-            addr,
-            dir,
-            stdout,
-            stderr,
-            config: config.to_string(),
-        }
+        Authbase::spawn(
+            tempfile::tempdir().unwrap(),
+            config,
+            "debug,hyper=info,rustls=info,r2d2=info",
+            env,
+        )
     }
 }
 
