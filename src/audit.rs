@@ -30,6 +30,7 @@ pub const EVENTS: &[&str] = &[
     "user_unblocked",
     "groups_changed",
     "sessions_revoked",
+    "keys_rotated",
 ];
 
 /// Records waiting to be written at most.

@@ -92,6 +92,14 @@ impl Store {
                 _ => e.into(),
             })?;
             let seq = users::record_revocation_kind(&tx, None, now, "keys")?;
+            users::audit_admin(
+                &tx,
+                now,
+                "keys_rotated",
+                "",
+                None,
+                &format!("new key {}", new.kid),
+            )?;
             tx.commit()?;
             Ok(seq)
         })
@@ -128,6 +136,17 @@ mod tests {
         assert!(seq > before);
         let rows = s.revocations_since(before).await.unwrap();
         assert_eq!(rows, vec![(seq, None, true)]);
+        let audit = s
+            .list_audit(crate::store::AuditFilter {
+                email: None,
+                since: None,
+                event: Some("keys_rotated".into()),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].detail, "new key c");
         let keys = s.signing_keys().await.unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].kid, "a");
