@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::proxy::{free_port, seen, EchoApp, Kind, Proxy};
+use common::proxy::{free_port, proxied_config, seen, EchoApp, Kind, Proxy};
 use common::*;
 use hyper::Method;
 
@@ -43,16 +43,7 @@ async fn nginx_stack() -> Stack {
     let smtp = Smtp::start();
     let app = EchoApp::start().await;
     let port = free_port();
-    let top = "trusted_proxies = [\"127.0.0.1\"]\n[cookie]\ndomain = \"example.com\"\n";
-    let cfg = test_config(smtp.port, top, SECTIONS)
-        .replace(
-            "http://auth.test.localhost/me",
-            &format!("http://app.example.com:{port}/"),
-        )
-        .replace(
-            "http://auth.test.localhost",
-            &format!("http://auth.example.com:{port}"),
-        );
+    let cfg = proxied_config(smtp.port, port, SECTIONS);
     let ab = Authbase::start(&cfg);
     let proxy = Proxy::start(Kind::Nginx, port, &ab.addr, &app.addr).await;
     Stack {

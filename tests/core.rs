@@ -473,15 +473,7 @@ async fn smtp_down_at_request_time_then_delivered_when_it_returns() {
     assert_eq!(r.status, 200, "the request does not wait for mail");
     assert!(t.elapsed() < WAIT);
     // Let a few attempts fail.
-    let deadline = Instant::now() + WAIT;
-    while !ab.logs().contains("mail not sent; will retry") {
-        assert!(
-            Instant::now() < deadline,
-            "no failed attempt logged:\n{}",
-            ab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ab.wait_for_log("mail not sent; will retry").await;
     let dir = tempfile::tempdir().unwrap();
     let smtp = Smtp::start_in(dir.path(), port);
     let mails = smtp.wait_for(1).await;
@@ -960,15 +952,7 @@ async fn a_stalled_smtp_server_is_bounded_by_smtp_timeout_and_does_not_block_shu
         t.elapsed() < Duration::from_secs(2),
         "POST /auth does not wait for SMTP"
     );
-    let deadline = Instant::now() + WAIT;
-    while !ab.logs().contains("did not finish within 2s") {
-        assert!(
-            Instant::now() < deadline,
-            "send not bounded:\n{}",
-            ab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ab.wait_for_log("did not finish within 2s").await;
     let t = Instant::now();
     assert!(ab.stop().success());
     assert!(

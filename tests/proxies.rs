@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::proxy::{free_port, seen, EchoApp, Kind, Proxy};
+use common::proxy::{free_port, proxied_config, seen, EchoApp, Kind, Proxy};
 use common::*;
 use hyper::Method;
 
@@ -25,16 +25,7 @@ async fn stack_with(kind: Kind, sections: &str) -> Stack {
     let smtp = Smtp::start();
     let app = EchoApp::start().await;
     let port = free_port();
-    let top = "trusted_proxies = [\"127.0.0.1\"]\n[cookie]\ndomain = \"example.com\"\n";
-    let cfg = test_config(smtp.port, top, sections)
-        .replace(
-            "http://auth.test.localhost/me",
-            &format!("http://app.example.com:{port}/"),
-        )
-        .replace(
-            "http://auth.test.localhost",
-            &format!("http://auth.example.com:{port}"),
-        );
+    let cfg = proxied_config(smtp.port, port, sections);
     let ab = Authbase::start(&cfg);
     let proxy = Proxy::start(kind, port, &ab.addr, &app.addr).await;
     Stack {

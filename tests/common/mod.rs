@@ -319,6 +319,19 @@ impl Authbase {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Wait (bounded by `WAIT`) until the server's log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -575,13 +588,19 @@ pub async fn request_link(browser: &mut Browser, smtp: &Smtp, email: &str) -> (R
 /// Run `authbase --config DIR/authbase.toml ARGS` in `dir`, bounded in time; returns the
 /// exit status, stdout and stderr.
 pub fn cli_in(dir: &Path, args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let mut child = Command::new(binary())
-        .arg("--config")
+    let mut cmd = Command::new(binary());
+    cmd.arg("--config")
         .arg(dir.join("authbase.toml"))
         .args(args)
         .current_dir(dir)
         .env_remove("AUTHBASE_CONFIG")
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    run_cli(cmd, args)
+}
+
+/// Run a CLI command to its end (bounded by `WAIT`); exit status, stdout, stderr.
+fn run_cli(mut cmd: Command, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -650,12 +669,7 @@ pub fn cli_env(
     env: &[(&str, &str)],
 ) -> (std::process::ExitStatus, String, String) {
     let mut cmd = Command::new(binary());
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).current_dir(dir).env_remove("RUST_LOG");
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         if k.starts_with("AUTHBASE_") && !k.starts_with("AUTHBASE_TEST_") {
@@ -663,27 +677,5 @@ pub fn cli_env(
         }
     }
     cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("start the authbase CLI");
-    let read = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut r, &mut s);
-            s
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("authbase {args:?} did not finish in {}s", WAIT.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (status, out.join().unwrap(), err.join().unwrap())
+    run_cli(cmd, args)
 }

@@ -34,6 +34,22 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000-31999");
 }
 
+/// An authbase config for a stack behind a proxy on `port`: portal
+/// `auth.example.com:PORT`, landing on `app.example.com:PORT`, cookie on example.com, the
+/// proxy trusted for X-Forwarded-For, then `sections`.
+pub fn proxied_config(smtp_port: u16, port: u16, sections: &str) -> String {
+    let top = "trusted_proxies = [\"127.0.0.1\"]\n[cookie]\ndomain = \"example.com\"\n";
+    super::test_config(smtp_port, top, sections)
+        .replace(
+            "http://auth.test.localhost/me",
+            &format!("http://app.example.com:{port}/"),
+        )
+        .replace(
+            "http://auth.test.localhost",
+            &format!("http://auth.example.com:{port}"),
+        )
+}
+
 /// An upstream app that answers every request with what it received, as JSON:
 /// `{"path": "/x?y", "headers": [["name", "value"], ...]}`, and counts requests.
 pub struct EchoApp {
