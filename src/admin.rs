@@ -8,6 +8,8 @@
 //! accordingly. A server that does not confirm in time still re-reads every cached
 //! session within `session::CACHE_TTL`.
 
+pub mod outbox;
+
 use std::time::Duration;
 
 use crate::config::{Config, Dur};
@@ -49,7 +51,7 @@ impl From<String> for Report {
     }
 }
 
-fn open(cfg: &Config) -> Result<Store, AdminError> {
+pub(crate) fn open(cfg: &Config) -> Result<Store, AdminError> {
     // A typo in `database` must not quietly create an empty database and "succeed".
     if !std::path::Path::new(&cfg.database).exists() {
         return Err(AdminError::Unavailable(format!(
@@ -89,13 +91,13 @@ pub fn check_group(name: &str) -> Result<(), AdminError> {
     }
 }
 
-fn json<T: serde::Serialize>(rows: &T) -> Result<Report, AdminError> {
+pub(crate) fn json<T: serde::Serialize>(rows: &T) -> Result<Report, AdminError> {
     serde_json::to_string_pretty(rows)
         .map(|s| Report::from(s + "\n"))
         .map_err(|e| AdminError::Unavailable(e.to_string()))
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

@@ -15,6 +15,10 @@ pub struct App {
     pub store: Store,
     pub key: ServerKey,
     pub mail_wake: Arc<Notify>,
+    /// Wakes the sender's API lane (`POST /api/email`).
+    pub api_mail_wake: Arc<Notify>,
+    /// This server's id in the `servers` table (revocation acks, mail claims).
+    pub server_id: String,
     /// Confirmed sessions, for `/verify` without a database round trip.
     pub sessions: SessionCache,
     /// Session activity `(session_id, seen_at)` for the idle timeout, written in batches.

@@ -31,6 +31,8 @@ pub const EVENTS: &[&str] = &[
     "groups_changed",
     "sessions_revoked",
     "keys_rotated",
+    "api_auth_failed",
+    "api_user_created",
 ];
 
 /// Records waiting to be written at most.

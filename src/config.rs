@@ -13,7 +13,7 @@ use crate::net::IpNet;
 mod effective;
 mod env;
 
-pub use env::{EnvOverride, SecretFrom, SecretKey, ENV_ONLY, SECRETS, SMTP_PASSWORD};
+pub use env::{EnvOverride, SecretFrom, SecretKey, API_TOKEN, ENV_ONLY, SECRETS, SMTP_PASSWORD};
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub assertion: AssertionConfig,
+    pub api: ApiConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// Derived at validation; never read from the file.
@@ -151,6 +152,11 @@ pub struct Derived {
     pub access: crate::access::Policy,
     /// `metrics.listen`, parsed; `None`: `/metrics` is served on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// SHA-256 of the API token (`api.token_file` / `AUTHBASE_API_TOKEN`); `None`: the
+    /// API is off.
+    pub api_token_hash: Option<crate::secrets::Hash>,
+    /// `api.listen`, parsed; `None`: `/api/` is served on `listen`.
+    pub api_listen: Option<SocketAddr>,
     /// Keys set from `AUTHBASE_*` environment variables, in declaration order.
     pub env: Vec<EnvOverride>,
     /// Per secret (`email.smtp_password`, …): where its value came from, if it is set.
@@ -174,6 +180,11 @@ impl fmt::Debug for Derived {
             .field("cookie_domain", &self.cookie_domain)
             .field("access", &self.access)
             .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "api_token_hash",
+                &self.api_token_hash.as_ref().map(|_| "(redacted)"),
+            )
+            .field("api_listen", &self.api_listen)
             .field("env", &self.env)
             .field("secrets", &self.secrets)
             .field("env_warnings", &self.env_warnings)
@@ -215,6 +226,10 @@ pub struct EmailConfig {
     pub smtp_timeout: Dur,
     pub retry_max_interval: Dur,
     pub max_attempts: u32,
+    /// Queued mail older than this is given up on (marked failed).
+    pub max_age: Dur,
+    /// Messages sent at the same time, per lane (sign-in mail, API mail).
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -345,6 +360,10 @@ pub struct LimitsConfig {
     pub unknown_links_per_ip: Rate,
     /// Keys (addresses, IPs) each limit remembers at most.
     pub tracked_keys: usize,
+    /// Messages the email API accepts for one recipient (counted in the database).
+    pub api_email_per_recipient: Rate,
+    /// Messages the email API accepts overall.
+    pub api_email_global: Rate,
 }
 
 impl Default for LimitsConfig {
@@ -358,6 +377,8 @@ impl Default for LimitsConfig {
             codes_per_ip: r("30/10m"),
             unknown_links_per_ip: r("30/10m"),
             tracked_keys: 100_000,
+            api_email_per_recipient: r("20/1h"),
+            api_email_global: r("2000/1h"),
         }
     }
 }
@@ -392,6 +413,28 @@ impl Default for AssertionConfig {
         AssertionConfig {
             enabled: true,
             ttl: Dur(Duration::from_secs(120)),
+        }
+    }
+}
+
+/// `[api]`: the email API for upstream apps (`POST /api/email`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// File holding the bearer token (or `AUTHBASE_API_TOKEN`). Empty: the API is off.
+    pub token_file: String,
+    /// A listener of its own for `/api/` (e.g. 127.0.0.1:9093); empty: `listen`.
+    pub listen: String,
+    /// The most one message may carry: text, HTML and decoded attachments together.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token_file: String::new(),
+            listen: String::new(),
+            max_message_bytes: 10 * 1024 * 1024,
         }
     }
 }
@@ -454,6 +497,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             audit: AuditConfig::default(),
             assertion: AssertionConfig::default(),
+            api: ApiConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             derived: Derived::default(),
@@ -498,7 +542,9 @@ impl Default for EmailConfig {
             smtp_password_file: String::new(),
             smtp_timeout: Dur(Duration::from_secs(10)),
             retry_max_interval: Dur(Duration::from_secs(300)),
-            max_attempts: 30,
+            max_attempts: 300,
+            max_age: Dur(Duration::from_secs(86400)),
+            concurrency: 4,
         }
     }
 }
@@ -586,6 +632,27 @@ impl Config {
     fn read_secrets(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
         let file = self.email.smtp_password_file.clone();
         self.derived.smtp_password = self.read_secret(&SMTP_PASSWORD, &file, env)?;
+        let file = self.api.token_file.clone();
+        if let Some(token) = self.read_secret(&API_TOKEN, &file, env)? {
+            // 32 characters of hex or base64 carry at least 128 bits.
+            if token.trim().len() < 32 || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                let key = match self
+                    .derived
+                    .secrets
+                    .iter()
+                    .find(|(k, _)| *k == API_TOKEN.name())
+                {
+                    Some((_, Some(SecretFrom::Env(var)))) => var.clone(),
+                    _ => API_TOKEN.file_key.to_string(),
+                };
+                return Err(err(
+                    &key,
+                    "the API token must be at least 32 characters without spaces (e.g. `openssl rand -hex 32`)",
+                ));
+            }
+            self.derived.api_token_hash = Some(crate::secrets::hash(&token));
+        }
         Ok(())
     }
 
@@ -764,6 +831,12 @@ impl Config {
         if e.max_attempts == 0 {
             return Err(err("email.max_attempts", "must be at least 1"));
         }
+        if e.max_age.0 < Duration::from_secs(60) || e.max_age.0 > Duration::from_secs(7 * 86400) {
+            return Err(err("email.max_age", "must be between 1m and 7d"));
+        }
+        if e.concurrency == 0 || e.concurrency > 32 {
+            return Err(err("email.concurrency", "must be between 1 and 32"));
+        }
         if self.derived.smtp_password.is_some() && e.smtp_username.is_empty() {
             return Err(err(
                 "email.smtp_username",
@@ -821,6 +894,32 @@ impl Config {
                 ));
             }
             self.derived.metrics_listen = Some(a);
+        }
+        if !self.api.listen.is_empty() {
+            let a: SocketAddr = self.api.listen.parse().map_err(|_| {
+                err(
+                    "api.listen",
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:9093",
+                        self.api.listen
+                    ),
+                )
+            })?;
+            if a.port() != 0
+                && (Some(a) == self.derived.listen || Some(a) == self.derived.metrics_listen)
+            {
+                return Err(err(
+                    "api.listen",
+                    "is the same as `listen` or `metrics.listen`; leave it empty to serve /api/ on `listen`",
+                ));
+            }
+            self.derived.api_listen = Some(a);
+        }
+        if self.api.max_message_bytes < 1024 || self.api.max_message_bytes > 50 * 1024 * 1024 {
+            return Err(err(
+                "api.max_message_bytes",
+                "must be between 1024 and 52428800 (50 MiB)",
+            ));
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return Err(err("log.format", "must be \"pretty\" or \"json\""));

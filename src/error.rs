@@ -28,6 +28,19 @@ pub enum AppError {
     Timeout,
     #[error("internal error: {0}")]
     Internal(String),
+    /// The email API without a valid bearer token.
+    #[error("{0}")]
+    ApiUnauthorized(&'static str),
+    /// The email API is not configured.
+    #[error("the email API is off: set api.token_file (or AUTHBASE_API_TOKEN) to turn it on")]
+    ApiOff,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    /// Over a limit; try again in `retry_after` seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
 }
 
 impl AppError {
@@ -42,6 +55,11 @@ impl AppError {
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Busy | AppError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::ApiUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::ApiOff => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

@@ -60,6 +60,11 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
     let ring = signing::load_or_create(&store, &key).map_err(StartError)?;
     let transport = mail::Transport::from_config(&cfg).map_err(StartError)?;
     let wake = Arc::new(Notify::new());
+    let wake_api = Arc::new(Notify::new());
+    let server_id: String = secrets::random::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let (activity, activity_queue) = tokio::sync::mpsc::channel(session::ACTIVITY_QUEUE);
     let (audit, audit_queue) = audit::Audit::new();
     let metrics = Arc::new(metrics::Metrics::new());
@@ -68,6 +73,8 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
         store: store.clone(),
         key: key.clone(),
         mail_wake: wake.clone(),
+        api_mail_wake: wake_api.clone(),
+        server_id: server_id.clone(),
         sessions: session::SessionCache::new(cfg.session.cache_entries),
         activity,
         limits: limits::Limits::new(&cfg.limits),
@@ -81,7 +88,9 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
         key,
         transport,
         wake,
+        wake_api,
         metrics,
+        server_id,
     };
     Ok((
         app,
@@ -107,6 +116,7 @@ pub async fn serve(
     background: Background,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    api_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Before the first request is answered: an admin command that runs from now on
@@ -119,6 +129,9 @@ pub async fn serve(
     let public = app.cfg.public_base();
     if let Some(m) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
         tracing::info!(address = %m, "metrics on http://{m}/metrics");
+    }
+    if let Some(a) = api_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(address = %a, "email API on http://{a}/api/email");
     }
     tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -168,6 +181,14 @@ pub async fn serve(
             }
         }
     };
+    let api_server = {
+        let (app, quit) = (app.clone(), stopped(quit_rx.clone()));
+        async move {
+            if let Some(l) = api_listener {
+                server::run(l, app, server::Surface::Api, quit).await;
+            }
+        }
+    };
     tokio::join!(
         async {
             shutdown.await;
@@ -180,6 +201,7 @@ pub async fn serve(
             stopped(quit_rx.clone())
         ),
         metrics_server,
+        api_server,
     );
     let _ = stop_tx.send(true);
     // The mail sender stops between messages; a send in progress gets a bounded time.

@@ -2,27 +2,43 @@
 //!
 //! `POST /auth` only writes an outbox row (in the same transaction as the sign-in
 //! request) and wakes this task, so a slow or dead SMTP server never blocks or fails a
-//! request, and a restart loses nothing. Failed sends are retried with exponential
-//! backoff up to `email.retry_max_interval`, for `email.max_attempts` attempts.
+//! request, and a restart loses nothing. The email API (`POST /api/email`) does the same
+//! with a message it has composed already (see `compose`).
+//!
+//! Two lanes, sign-in mail and API mail, each claiming batches of due messages and
+//! sending up to `email.concurrency` at a time: a backlog of API mail never delays a
+//! sign-in link. Failed sends are retried with exponential backoff up to
+//! `email.retry_max_interval`, until `email.max_attempts` attempts or `email.max_age`.
 //! Delivery is at-least-once: a crash between the SMTP server's "250 OK" and the
-//! database update sends that message again on restart.
+//! database update sends that message again (same Message-ID) after restart.
 //!
 //! Sign-in messages are rendered here, at send time, re-deriving the link secret and the
 //! code from the server key: the outbox row holds neither.
+
+pub mod compose;
+pub mod queue;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
+use futures_util::StreamExt;
+use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::pages;
 use crate::secrets::{self, ServerKey};
-use crate::store::{now, MailOutcome, OutboxItem, Store};
+use crate::store::{now, Lane, MailOutcome, OutboxItem, Store};
+
+/// Messages one claim takes, per unit of `email.concurrency`.
+const BATCH_PER_SLOT: usize = 4;
+/// How often claims of servers that stopped heartbeating are looked for.
+const STALE_CLAIMS_EVERY: Duration = Duration::from_secs(5);
 
 pub enum Transport {
     /// Print messages to stdout (development; the message includes its link).
@@ -44,7 +60,12 @@ impl Transport {
             )),
         }
         .map_err(|x| format!("email.smtp_host: {x}"))?;
-        let mut b = b.port(e.smtp_port).timeout(Some(e.smtp_timeout.0));
+        // Both lanes share the pool: at most `concurrency` connections each.
+        let pool = PoolConfig::new().max_size(2 * e.concurrency as u32);
+        let mut b = b
+            .port(e.smtp_port)
+            .timeout(Some(e.smtp_timeout.0))
+            .pool_config(pool);
         if let Some(pw) = &cfg.derived.smtp_password {
             b = b.credentials(Credentials::new(e.smtp_username.clone(), pw.clone()));
         }
@@ -57,8 +78,13 @@ pub struct Mailer {
     pub store: Store,
     pub key: ServerKey,
     pub transport: Transport,
+    /// Woken when sign-in mail is queued.
     pub wake: Arc<Notify>,
+    /// Woken when API mail is queued.
+    pub wake_api: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This server's id (see `store::servers`), written into the claims it takes.
+    pub server_id: String,
 }
 
 /// Why one delivery attempt did not succeed.
@@ -70,50 +96,109 @@ enum Failure {
 }
 
 impl Mailer {
-    /// Run until `stop` resolves. Checks the queue when woken, when the next retry is
-    /// due, and at least every few seconds.
+    /// Run both lanes until `stop` resolves, then hand back unsent claims.
     pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
+        if let Err(e) = self
+            .store
+            .release_stale_claims(self.server_id.clone(), now())
+            .await
+        {
+            tracing::warn!(error = %e, "mail outbox unavailable; will retry");
+        }
+        tokio::join!(
+            self.lane(Lane::SignIn, &self.wake, stop.clone()),
+            self.lane(Lane::Api, &self.wake_api, stop.clone()),
+        );
+        match self
+            .store
+            .release_claims(self.server_id.clone(), now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "unsent messages stay queued"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand back claimed messages; they are retried when the claim runs out")
+            }
+        }
+    }
+
+    /// One lane: checks the queue when woken, when the next retry is due, and at least
+    /// every few seconds.
+    async fn lane(&self, lane: Lane, wake: &Notify, stop: tokio::sync::watch::Receiver<bool>) {
+        let mut stale_check = tokio::time::Instant::now() + STALE_CLAIMS_EVERY;
         loop {
             if *stop.borrow() {
                 return;
             }
-            if let Err(e) = self.drain(&stop).await {
+            // Claims of a killed server: one lane looks, for both.
+            if lane == Lane::Api && tokio::time::Instant::now() >= stale_check {
+                stale_check = tokio::time::Instant::now() + STALE_CLAIMS_EVERY;
+                match self
+                    .store
+                    .release_stale_claims(self.server_id.clone(), now())
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(
+                            messages = n,
+                            "took over messages claimed by a server that stopped"
+                        );
+                        self.wake.notify_one();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "mail outbox unavailable; will retry"),
+                }
+            }
+            if let Err(e) = self.drain(lane, &stop).await {
                 tracing::warn!(error = %e, "mail outbox unavailable; will retry");
             }
-            let wait = match self.store.next_mail_due().await {
+            let wait = match self.store.next_mail_due(lane).await {
                 Ok(Some(at)) => Duration::from_secs((at - now()).clamp(0, 5) as u64),
                 _ => Duration::from_secs(5),
             };
             let mut stop = stop.clone();
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                _ = self.wake.notified() => {}
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
             }
         }
     }
 
-    /// Send what is due, batch by batch, until nothing is due or shutdown begins (checked
-    /// between messages; each send is bounded by `email.smtp_timeout`).
+    /// Send what is due, batch by batch, until nothing is due or shutdown begins
+    /// (checked before each message; each send is bounded by `email.smtp_timeout`).
     async fn drain(
         &self,
+        lane: Lane,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), crate::store::StoreError> {
+        let slots = self.cfg.email.concurrency;
+        let batch = slots * BATCH_PER_SLOT;
+        // Long enough for a whole batch at the slowest: every send takes smtp_timeout.
+        let lease = self.cfg.email.smtp_timeout.secs() * BATCH_PER_SLOT as i64 + 30;
         loop {
-            let due = self.store.due_mail(now(), 20).await?;
+            let t = now();
+            let due = self
+                .store
+                .claim_mail(lane, self.server_id.clone(), t, t + lease, batch as i64)
+                .await?;
             if due.is_empty() {
                 return Ok(());
             }
             // Outcomes are written once per batch: one transaction instead of one per
             // message (a crash before it re-sends the batch: at-least-once).
-            let mut results = Vec::with_capacity(due.len());
-            for item in due {
-                if *stop.borrow() {
-                    break;
-                }
-                let id = item.id;
-                results.push((id, self.deliver(item).await));
-            }
+            let results: Vec<(i64, MailOutcome)> = futures_util::stream::iter(due)
+                .map(|item| async move {
+                    if *stop.borrow() {
+                        return None;
+                    }
+                    let id = item.id;
+                    Some((id, self.deliver(item).await))
+                })
+                .buffer_unordered(slots)
+                .filter_map(|r| async move { r })
+                .collect()
+                .await;
             self.store.mail_results(results, now()).await?;
             if *stop.borrow() {
                 return Ok(());
@@ -122,61 +207,85 @@ impl Mailer {
     }
 
     async fn deliver(&self, item: OutboxItem) -> MailOutcome {
-        let outcome = match self.build(&item) {
-            Ok(msg) => self.send(msg).await,
-            Err(f) => Err(f),
+        let t = now();
+        let outcome = if item.deadline.is_some_and(|d| t >= d) {
+            Err(Failure::Permanent(format!(
+                "not sent: queued for longer than email.max_age ({})",
+                self.cfg.email.max_age
+            )))
+        } else {
+            match self.build(&item) {
+                Ok((envelope, raw)) => self.send(envelope, raw).await,
+                Err(f) => Err(f),
+            }
         };
         let attempt = item.attempts + 1;
+        let kind = item.kind.as_str();
         match outcome {
             Ok(()) => {
-                tracing::info!(outbox_id = item.id, kind = %item.kind, attempt, "mail sent");
+                tracing::info!(outbox_id = item.id, kind, attempt, "mail sent");
                 self.metrics.mail(crate::metrics::Mail::Sent, 1);
                 MailOutcome::Sent
             }
-            Err(Failure::Retry(error)) if attempt < self.cfg.email.max_attempts as i64 => {
+            Err(Failure::Retry(error))
+                if attempt < self.cfg.email.max_attempts as i64
+                    && item.deadline.is_none_or(|d| t < d) =>
+            {
                 let backoff =
                     (1i64 << attempt.min(20)).min(self.cfg.email.retry_max_interval.secs());
-                tracing::warn!(outbox_id = item.id, attempt, retry_in_s = backoff, error = %error, "mail not sent; will retry");
+                let at = match item.deadline {
+                    // Not past the deadline: there it is marked failed, on time.
+                    Some(d) => (t + backoff).min(d.max(t + 1)),
+                    None => t + backoff,
+                };
+                tracing::warn!(outbox_id = item.id, kind, attempt, retry_in_s = at - t, error = %error, "mail not sent; will retry");
                 self.metrics.mail(crate::metrics::Mail::Retried, 1);
-                MailOutcome::Retry {
-                    error,
-                    at: now() + backoff,
-                }
+                MailOutcome::Retry { error, at }
             }
             Err(Failure::Retry(error) | Failure::Permanent(error)) => {
-                tracing::error!(outbox_id = item.id, attempt, error = %error, "mail failed; giving up");
+                tracing::error!(outbox_id = item.id, kind, attempt, error = %error, "mail failed; giving up");
                 self.metrics.mail(crate::metrics::Mail::Failed, 1);
                 MailOutcome::Failed { error }
             }
         }
     }
 
-    fn build(&self, item: &OutboxItem) -> Result<Message, Failure> {
-        let from: Mailbox = self
-            .cfg
-            .email
-            .sender_address
-            .parse()
-            .map_err(|e| Failure::Permanent(format!("sender address: {e}")))?;
-        let to: Mailbox = item
+    /// The envelope and bytes to send: API mail as composed when it was accepted,
+    /// sign-in mail rendered now.
+    fn build(&self, item: &OutboxItem) -> Result<(Envelope, Vec<u8>), Failure> {
+        let to: lettre::Address = item
             .recipient
             .parse()
             .map_err(|e| Failure::Permanent(format!("recipient: {e}")))?;
-        let (subject, text, html) = match item.kind.as_str() {
-            "sign_in" => self.render_sign_in(item)?,
-            _ => (
-                item.subject.clone(),
-                item.text_body.clone(),
-                item.html_body.clone(),
-            ),
-        };
-        Message::builder()
-            .from(from)
-            .to(to)
+        if let Some(raw) = &item.raw {
+            let sender: lettre::Address = item
+                .sender
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| Failure::Permanent(format!("sender: {e}")))?;
+            let envelope = Envelope::new(Some(sender), vec![to])
+                .map_err(|e| Failure::Permanent(format!("envelope: {e}")))?;
+            return Ok((envelope, raw.clone()));
+        }
+        if item.kind != "sign_in" {
+            return Err(Failure::Permanent(format!(
+                "a {} message without content",
+                item.kind
+            )));
+        }
+        let from = compose::from_mailbox(&self.cfg).map_err(Failure::Permanent)?;
+        let (subject, text, html) = self.render_sign_in(item)?;
+        let salt = item.request.as_ref().map_or(&[][..], |r| &r.salt[..]);
+        let msg = Message::builder()
+            .from(from.clone())
+            .to(Mailbox::new(None, to))
             .subject(subject)
-            .message_id(None)
+            .message_id(Some(compose::sign_in_message_id(&from, salt)))
+            .raw_header(compose::auto_submitted())
             .multipart(MultiPart::alternative_plain_html(text, html))
-            .map_err(|e| Failure::Permanent(format!("building message: {e}")))
+            .map_err(|e| Failure::Permanent(format!("building message: {e}")))?;
+        Ok((msg.envelope().clone(), msg.formatted()))
     }
 
     fn render_sign_in(&self, item: &OutboxItem) -> Result<(String, String, String), Failure> {
@@ -237,19 +346,18 @@ impl Mailer {
         Ok((format!("Sign in to {app}"), text, html))
     }
 
-    async fn send(&self, msg: Message) -> Result<(), Failure> {
+    async fn send(&self, envelope: Envelope, raw: Vec<u8>) -> Result<(), Failure> {
         match &self.transport {
             Transport::Log => {
-                // Development transport: the whole message, link included, on stdout.
+                // Development transport: the message, link included, on stdout.
                 use std::io::Write;
-                let raw = String::from_utf8_lossy(&msg.formatted()).into_owned();
-                let text = plain_part(&raw);
+                let text = plain_part(&String::from_utf8_lossy(&raw));
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(
                     out,
                     "----- authbase mail (transport = \"log\": development only) -----\n\
                      To: {}\n{}\n-----",
-                    msg.envelope()
+                    envelope
                         .to()
                         .iter()
                         .map(|a| a.to_string())
@@ -263,7 +371,7 @@ impl Mailer {
             // lettre's own timeout covers connecting only; bound the whole conversation.
             Transport::Smtp(t) => {
                 let limit = self.cfg.email.smtp_timeout.0;
-                match tokio::time::timeout(limit, t.send(msg)).await {
+                match tokio::time::timeout(limit, t.send_raw(&envelope, &raw)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) if e.is_permanent() => Err(Failure::Permanent(e.to_string())),
                     Ok(Err(e)) => Err(Failure::Retry(e.to_string())),

@@ -60,6 +60,16 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Queue an email to a user (sent by the running server, like the email API).
+    Email {
+        #[command(subcommand)]
+        command: EmailCommand,
+    },
+    /// Inspect and manage the mail queue (works while servers run).
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Create the database if needed and migrate it to the latest schema.
     Migrate,
     /// Copy the database to a new file while servers run (SQLite online backup).
@@ -121,6 +131,81 @@ enum UsersCommand {
         /// A group to remove (repeatable).
         #[arg(long, value_name = "G")]
         remove: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EmailCommand {
+    /// Queue a message; prints its id and Message-ID. A running server sends it within
+    /// a few seconds (`authbase outbox list` shows how it went).
+    Send {
+        /// The recipient's address (a user; see --create-user).
+        #[arg(
+            long,
+            value_name = "EMAIL",
+            required_unless_present = "user_id",
+            conflicts_with = "user_id"
+        )]
+        to: Option<String>,
+        /// The recipient's user id.
+        #[arg(long, value_name = "ID")]
+        user_id: Option<i64>,
+        /// Create the user when there is none with this address.
+        #[arg(long)]
+        create_user: bool,
+        #[arg(long)]
+        subject: String,
+        /// The plain-text body, from a UTF-8 file (`-`: standard input).
+        #[arg(long, value_name = "FILE", required_unless_present = "html")]
+        text: Option<PathBuf>,
+        /// The HTML body, from a UTF-8 file (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Reply-To address.
+        #[arg(long, value_name = "EMAIL")]
+        reply_to: Option<String>,
+        /// A file to attach (repeatable; the type is guessed from the extension).
+        #[arg(long, value_name = "FILE")]
+        attach: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Messages, newest first: status, attempts, next attempt or last error.
+    List {
+        /// Only messages in this state: queued, sent or failed (repeatable).
+        #[arg(long)]
+        state: Vec<String>,
+        /// Only messages of this kind: api or sign_in.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue failed (or waiting) messages again, due now, with a fresh attempt count and
+    /// max_age. Sent messages are never sent again.
+    Retry {
+        /// Message ids.
+        ids: Vec<i64>,
+        /// Every failed message.
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Delete messages (not one being sent right now).
+    Purge {
+        /// Message ids.
+        ids: Vec<i64>,
+        /// Messages in this state: sent, failed or queued (repeatable).
+        #[arg(long)]
+        state: Vec<String>,
+        /// Only messages created at least this long ago (e.g. 7d).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
     },
 }
 
@@ -212,6 +297,49 @@ fn main() -> ExitCode {
         }
         Command::Users { command } => run_admin(users(&cfg, command)),
         Command::Migrate => run_admin(admin::migrate(&cfg)),
+        Command::Email {
+            command:
+                EmailCommand::Send {
+                    to,
+                    user_id,
+                    create_user,
+                    subject,
+                    text,
+                    html,
+                    reply_to,
+                    attach,
+                },
+        } => run_admin(admin::outbox::email_send(
+            &cfg,
+            admin::outbox::SendArgs {
+                to,
+                user_id,
+                create_user,
+                subject,
+                text,
+                html,
+                reply_to,
+                attach,
+            },
+        )),
+        Command::Outbox { command } => run_admin(async {
+            match command {
+                OutboxCommand::List {
+                    state,
+                    kind,
+                    limit,
+                    json,
+                } => admin::outbox::outbox_list(&cfg, state, kind, limit, json).await,
+                OutboxCommand::Retry { ids, failed } => {
+                    admin::outbox::outbox_retry(&cfg, ids, failed).await
+                }
+                OutboxCommand::Purge {
+                    ids,
+                    state,
+                    older_than,
+                } => admin::outbox::outbox_purge(&cfg, ids, state, older_than).await,
+            }
+        }),
         Command::Backup { path } => run_admin(admin::backup(&cfg, &path)),
         Command::Sessions { command } => run_admin(sessions(&cfg, command)),
         Command::Keys { command } => run_admin(async {
@@ -304,6 +432,7 @@ fn serve(cfg: Config) -> ExitCode {
     rt.block_on(async move {
         let addr = cfg.listen_addr();
         let metrics_addr = cfg.derived.metrics_listen;
+        let api_addr = cfg.derived.api_listen;
         for w in cfg.warnings() {
             tracing::warn!("{w}");
         }
@@ -331,11 +460,22 @@ fn serve(cfg: Config) -> ExitCode {
                 }
             },
         };
+        let api_listener = match api_addr {
+            None => None,
+            Some(a) => match tokio::net::TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("authbase: cannot listen on {a} (api.listen): {e}");
+                    return ExitCode::from(EXIT_UNAVAILABLE);
+                }
+            },
+        };
         authbase::serve(
             app,
             background,
             listener,
             metrics_listener,
+            api_listener,
             shutdown_signal(),
         )
         .await;

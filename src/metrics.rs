@@ -25,6 +25,7 @@ pub const ENDPOINTS: &[&str] = &[
     "readyz",
     "metrics",
     "static",
+    "api_email",
     "other",
 ];
 
@@ -43,6 +44,7 @@ pub fn endpoint(path: &str) -> usize {
         "/metrics" => "metrics",
         p if p.starts_with("/sign_in/") => "sign_in",
         p if p.starts_with("/static/") => "static",
+        p if p.starts_with("/api/email") => "api_email",
         _ => "other",
     };
     ENDPOINTS.iter().position(|e| *e == name).unwrap_or(0)
@@ -50,7 +52,7 @@ pub fn endpoint(path: &str) -> usize {
 
 /// Status codes counted one by one; anything else is counted as its class (`5xx`, …).
 const STATUSES: &[u16] = &[
-    200, 204, 302, 303, 400, 401, 403, 404, 405, 410, 413, 415, 429, 431, 500, 503,
+    200, 202, 204, 302, 303, 400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 429, 431, 500, 503,
 ];
 const CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
 const N_STATUS: usize = STATUSES.len() + CLASSES.len();
@@ -82,6 +84,8 @@ pub const LIMITS: &[&str] = &[
     "sign_in_global",
     "codes_per_ip",
     "unknown_links_per_ip",
+    "api_email_per_recipient",
+    "api_email_global",
 ];
 
 /// Sign-in outcomes counted.
@@ -113,7 +117,7 @@ pub struct Metrics {
     verify_sum_nanos: Padded,
     sign_ins: [AtomicU64; 3],
     mail: [AtomicU64; 4],
-    rate_limited: [AtomicU64; 5],
+    rate_limited: [AtomicU64; LIMITS.len()],
     access_denied: AtomicU64,
     started: u64,
 }

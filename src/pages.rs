@@ -112,6 +112,23 @@ pub const WAIT_JS: &str = include_str!("../templates/static/wait.js");
 
 /// `2026-11-28 09:14 UTC`, from Unix seconds.
 pub fn utc(ts: i64) -> String {
+    let (date, secs) = civil(ts);
+    format!("{date} {:02}:{:02} UTC", secs / 3600, (secs % 3600) / 60)
+}
+
+/// `2026-11-28T09:14:05Z` (RFC 3339), from Unix seconds.
+pub fn rfc3339(ts: i64) -> String {
+    let (date, secs) = civil(ts);
+    format!(
+        "{date}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+/// `(YYYY-MM-DD, seconds into the day)`.
+fn civil(ts: i64) -> (String, i64) {
     let days = ts.div_euclid(86400);
     let secs = ts.rem_euclid(86400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -124,11 +141,7 @@ pub fn utc(ts: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        secs / 3600,
-        (secs % 3600) / 60
-    )
+    (format!("{y:04}-{m:02}-{d:02}"), secs)
 }
 
 /// "Firefox on Linux (IP 192.0.2.1)": enough to recognise one's own browser.
@@ -171,6 +184,7 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc(1_795_851_240), "2026-11-28 07:34 UTC");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(rfc3339(1_795_851_245), "2026-11-28T07:34:05Z");
     }
 
     #[test]

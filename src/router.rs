@@ -8,7 +8,7 @@ use hyper::{Method, Request, StatusCode};
 
 use crate::error::AppError;
 use crate::handlers::verify::{self, Style};
-use crate::handlers::{account, auth, health, jwks, sign_in};
+use crate::handlers::{account, api, auth, health, jwks, sign_in};
 use crate::pages;
 use crate::web::{self, Ctx, Resp};
 
@@ -47,6 +47,14 @@ async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 && ctx.app.cfg.derived.metrics_listen.is_none() =>
         {
             health::metrics(ctx).await
+        }
+        // On the main listener unless `api.listen` gives the API one of its own.
+        p if p.starts_with("/api/") => {
+            if ctx.app.cfg.derived.api_listen.is_some() {
+                Err(AppError::NotFound)
+            } else {
+                Box::pin(route_api_paths(ctx, req, &m)).await
+            }
         }
         "/static/style.css" if read => Ok(asset("text/css; charset=utf-8", pages::STYLE_CSS)),
         "/static/wait.js" if read => Ok(asset("text/javascript; charset=utf-8", pages::WAIT_JS)),
@@ -99,6 +107,35 @@ pub async fn route_metrics(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Res
     }
 }
 
+/// The separate API listener (`api.listen`): `/api/`, and the health checks.
+pub async fn route_api(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
+    let m = req.method().clone();
+    let read = m == Method::GET || m == Method::HEAD;
+    match req.uri().path() {
+        "/healthz" if read => health::healthz(ctx).await,
+        "/readyz" if read => health::readyz(ctx).await,
+        "/healthz" | "/readyz" => Err(AppError::MethodNotAllowed("GET, HEAD")),
+        p if p.starts_with("/api/") => route_api_paths(ctx, req, &m).await,
+        _ => Err(AppError::NotFound),
+    }
+}
+
+async fn route_api_paths(ctx: &Ctx, req: Request<Incoming>, m: &Method) -> web::Result<Resp> {
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/api/email" if m == Method::POST => api::send(ctx, req).await,
+        "/api/email" => Err(AppError::MethodNotAllowed("POST")),
+        p if p.starts_with("/api/email/") && !p["/api/email/".len()..].contains('/') => {
+            if m == Method::GET || m == Method::HEAD {
+                api::status(ctx, req, &p["/api/email/".len()..]).await
+            } else {
+                Err(AppError::MethodNotAllowed("GET, HEAD"))
+            }
+        }
+        _ => Err(AppError::NotFound),
+    }
+}
+
 /// The path as it may be logged: link secrets are redacted; known routes cost no
 /// allocation.
 pub fn loggable_path(path: &str) -> Cow<'static, str> {
@@ -121,6 +158,8 @@ pub fn loggable_path(path: &str) -> Cow<'static, str> {
         Cow::Borrowed(k)
     } else if path.starts_with("/sign_in/") {
         Cow::Borrowed("/sign_in/{secret}")
+    } else if path == "/api/email" {
+        Cow::Borrowed("/api/email")
     } else if path.len() > 200 {
         Cow::Borrowed("{long path}")
     } else {

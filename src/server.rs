@@ -35,6 +35,8 @@ pub enum Surface {
     Main,
     /// `/metrics` and the health checks only (`metrics.listen`).
     Metrics,
+    /// `/api/` and the health checks only (`api.listen`).
+    Api,
 }
 
 pub async fn run(
@@ -107,6 +109,12 @@ async fn handle(
     // read is bounded by the pool's and SQLite's busy timeouts.
     let result = if surface == Surface::Metrics {
         router::route_metrics(&ctx, req).await
+    } else if surface == Surface::Api {
+        let timeout = app.cfg.server.request_timeout.0;
+        match tokio::time::timeout(timeout, router::route_api(&ctx, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(AppError::Timeout),
+        }
     } else if path.starts_with("/verify") {
         router::route(&ctx, req).await
     } else {
@@ -195,6 +203,16 @@ fn error_response(ctx: &Ctx, e: AppError) -> Resp {
         AppError::Busy | AppError::Timeout => {
             r.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        AppError::RateLimited { retry_after, .. } => {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        AppError::ApiUnauthorized(_) => {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"authbase\""),
+            );
         }
         _ => {}
     }

@@ -295,10 +295,7 @@ pub struct LogPosition {
 /// an admin command that commits a record after this waits for the server's
 /// acknowledgement. Database errors are logged; `follow_revocations` then tries again.
 pub async fn join_revocations(app: &App) -> LogPosition {
-    let id: String = crate::secrets::random::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let id = app.server_id.clone();
     let seen = match app.store.last_revocation().await {
         Ok(n) => Some(n),
         Err(e) => {

@@ -51,7 +51,8 @@ impl Ctx {
                 .and_then(|v| v.to_str().ok());
             crate::net::client_ip(peer.ip(), xff, trusted)
         };
-        let wants_json = wants_json(req.headers());
+        // The API answers in JSON whatever the client accepts.
+        let wants_json = wants_json(req.headers()) || req.uri().path().starts_with("/api/");
         Ctx {
             app,
             client_ip,

@@ -455,3 +455,94 @@ fn compose_copies_match_the_tested_configs() {
         );
     }
 }
+
+/// deploy/examples/notify_app.py behind nginx: the signed-in user asks the app for an
+/// export, the app calls authbase's email API (on its own listener) with the user id the
+/// proxy gave it, and the real SMTP server gets the message with the attachment.
+#[tokio::test]
+async fn example_app_emails_the_signed_in_user_through_the_api() {
+    let token = "example-app-token-0123456789abcdef0123";
+    let smtp = Smtp::start();
+    let port = free_port();
+    let cfg = proxied_config(
+        smtp.port,
+        port,
+        "[api]\ntoken_file = \"api_token\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api_token"), token).unwrap();
+    let ab = Authbase::start_in(dir, &cfg);
+    let app_port = free_port();
+    let mut app = std::process::Command::new("python3")
+        .arg(repo().join("deploy/examples/notify_app.py"))
+        .env("PORT", app_port.to_string())
+        .env("AUTHBASE_API_URL", format!("http://{}", ab.api_addr()))
+        .env("AUTHBASE_API_TOKEN", token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(app.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("notify app on"), "{line}");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _app = Kill(app);
+    let proxy = Proxy::start(
+        Kind::Nginx,
+        port,
+        &ab.addr,
+        &format!("127.0.0.1:{app_port}"),
+    )
+    .await;
+    let s = Stack {
+        smtp,
+        ab,
+        app: EchoApp::start().await,
+        proxy,
+    };
+    let mut b = s.browser("app");
+    // Not signed in: the proxy stops the POST before the app.
+    let r = b.request(Method::POST, "/export", &[], Bytes::new()).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    s.sign_in(&mut b, "ann@example.com", None).await;
+    let r = b.request(Method::POST, "/export", &[], Bytes::new()).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        r.body.contains("emailing your export to ann@example.com"),
+        "{}",
+        r.body
+    );
+    let mails = s.smtp.wait_for(2).await;
+    let m = &mails[1];
+    assert_eq!(m.header("Subject").as_deref(), Some("Your export is ready"));
+    assert!(
+        m.envelope.contains("RCPT TO ann@example.com"),
+        "{}",
+        m.envelope
+    );
+    assert!(m.raw.contains("filename=\"export.csv\""), "{}", m.raw);
+    // The public portal does not serve the API (it has a listener of its own).
+    let mut portal = s.browser("auth");
+    let r = portal
+        .request(
+            Method::POST,
+            "/api/email",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/json"),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}

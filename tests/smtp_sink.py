@@ -1,9 +1,10 @@
 """A real SMTP server for the test suite (aiosmtpd), writing each message to a folder.
 
-Usage: python smtp_sink.py --dir DIR [--port N]
+Usage: python smtp_sink.py --dir DIR [--port N] [--delay-ms N]
 Prints "PORT <n>" on stdout once it accepts connections (port 0 picks a free one).
 Each message becomes DIR/<n>.eml; the envelope goes to DIR/<n>.env as
 "MAIL FROM" and one "RCPT TO" line per recipient, so tests can see smuggled recipients.
+--delay-ms makes each DATA take that long (a slow server, for queueing tests).
 """
 import argparse
 import asyncio
@@ -14,11 +15,14 @@ from aiosmtpd.smtp import SMTP
 
 
 class Handler:
-    def __init__(self, folder):
+    def __init__(self, folder, delay):
         self.folder = folder
+        self.delay = delay
         self.n = 0
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.n += 1
         base = os.path.join(self.folder, f"{self.n:05d}")
         with open(base + ".env.tmp", "w") as f:
@@ -36,8 +40,9 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--delay-ms", type=int, default=0)
     a = p.parse_args()
-    handler = Handler(a.dir)
+    handler = Handler(a.dir, a.delay_ms / 1000)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="sink.test"), "127.0.0.1", a.port

@@ -259,8 +259,14 @@ pub const SMTP_PASSWORD: SecretKey = SecretKey {
     aliases: &["AUTHBASE_SMTP_PASSWORD"],
 };
 
+/// The bearer token of the email API (`AUTHBASE_API_TOKEN`).
+pub const API_TOKEN: SecretKey = SecretKey {
+    file_key: "api.token_file",
+    aliases: &[],
+};
+
 /// Every secret: redacted by `check-config`, value variables known to the env check.
-pub const SECRETS: &[SecretKey] = &[SMTP_PASSWORD];
+pub const SECRETS: &[SecretKey] = &[SMTP_PASSWORD, API_TOKEN];
 
 /// Where a secret's value came from; never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -507,7 +513,10 @@ mod tests {
         assert_eq!(c.derived.smtp_password.as_deref(), Some("from-file"));
         assert_eq!(
             c.derived.secrets,
-            [("email.smtp_password", Some(SecretFrom::File(pw.into())))]
+            [
+                ("email.smtp_password", Some(SecretFrom::File(pw.into()))),
+                ("api.token", None)
+            ]
         );
         // The path from the environment, like any key (systemd LoadCredential, Docker
         // and Kubernetes secrets).
@@ -530,7 +539,10 @@ mod tests {
         // None at all.
         let c = load("", &[]).unwrap();
         assert_eq!(c.derived.smtp_password, None);
-        assert_eq!(c.derived.secrets, [("email.smtp_password", None)]);
+        assert_eq!(
+            c.derived.secrets,
+            [("email.smtp_password", None), ("api.token", None)]
+        );
     }
 
     #[test]
@@ -553,10 +565,13 @@ mod tests {
         assert_eq!(c.derived.smtp_password.as_deref(), Some("from-alias"));
         assert_eq!(
             c.derived.secrets,
-            [(
-                "email.smtp_password",
-                Some(SecretFrom::Env("AUTHBASE_SMTP_PASSWORD".into()))
-            )]
+            [
+                (
+                    "email.smtp_password",
+                    Some(SecretFrom::Env("AUTHBASE_SMTP_PASSWORD".into()))
+                ),
+                ("api.token", None)
+            ]
         );
         // A value wins even over a file that does not exist.
         let c = load(
@@ -598,6 +613,8 @@ mod tests {
         let mut t: Table = out.parse().unwrap();
         let email = t.get_mut("email").and_then(Value::as_table_mut).unwrap();
         assert!(email.remove("smtp_password").is_some());
+        let api = t.get_mut("api").and_then(Value::as_table_mut).unwrap();
+        assert_eq!(api.remove("token"), Some(Value::String("(not set)".into())));
         let again = load(&t.to_string(), &[]).unwrap();
         let body = |s: &str| -> Vec<String> {
             s.lines()

@@ -1,6 +1,7 @@
 //! Request handlers: plain `async fn`s called by the router, returning `Result<Resp>`.
 
 pub mod account;
+pub mod api;
 pub mod auth;
 pub mod health;
 pub mod jwks;

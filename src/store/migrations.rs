@@ -134,6 +134,31 @@ const STEPS: &[&str] = &[
     CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys((retire_at IS NULL)) WHERE retire_at IS NULL;
     ALTER TABLE revocations ADD COLUMN kind TEXT NOT NULL DEFAULT 'sessions';
     "#,
+    // 7: the email API (kind 'api') on the same outbox as sign-in mail.
+    // - raw: the whole message, composed and checked when it was accepted, so every
+    //   attempt sends the same bytes (same Message-ID); sender: its envelope MAIL FROM.
+    // - deadline: given up on (failed) after this; NULL for older rows (max_attempts only).
+    // - claimed_by: the server sending it right now (see `servers`); its lease is
+    //   next_attempt_at, and a claim of a server that stopped heartbeating is released.
+    // - idempotency_key: the API's Idempotency-Key, so a retried POST queues it once.
+    // - users.api_created: created by the API's create_user, kept by the sweep.
+    // The due index leads with kind: sign-in mail and API mail are separate lanes.
+    r#"
+    ALTER TABLE outbox ADD COLUMN raw BLOB;
+    ALTER TABLE outbox ADD COLUMN sender TEXT;
+    ALTER TABLE outbox ADD COLUMN message_id TEXT;
+    ALTER TABLE outbox ADD COLUMN user_id INTEGER;
+    ALTER TABLE outbox ADD COLUMN deadline INTEGER;
+    ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+    ALTER TABLE outbox ADD COLUMN idempotency_key TEXT;
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox(state, kind, next_attempt_at);
+    CREATE INDEX outbox_claimed ON outbox(claimed_by) WHERE claimed_by IS NOT NULL;
+    CREATE UNIQUE INDEX outbox_idempotency ON outbox(idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX outbox_api_recipient ON outbox(recipient COLLATE NOCASE, created_at) WHERE kind = 'api';
+    CREATE INDEX outbox_api_created ON outbox(created_at) WHERE kind = 'api';
+    ALTER TABLE users ADD COLUMN api_created INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

@@ -6,10 +6,14 @@
 
 mod keys;
 mod migrations;
+mod outbox;
 mod servers;
 mod users;
 
 pub use keys::StoredKey;
+pub use outbox::{
+    ApiMailRefusal, Lane, MailFilter, MailOutcome, MailRow, NewApiMail, OutboxItem, Queued,
+};
 pub use servers::{HEARTBEAT, LIVE_FOR};
 pub use users::{AuditFilter, AuditRow, UserChange, UserRow};
 
@@ -204,29 +208,6 @@ pub enum WaitState {
     Gone(Refusal),
 }
 
-/// A message due for delivery.
-#[derive(Debug, Clone)]
-pub struct OutboxItem {
-    pub id: i64,
-    pub kind: String,
-    pub request_id: Option<i64>,
-    pub recipient: String,
-    pub subject: String,
-    pub text_body: String,
-    pub html_body: String,
-    pub attempts: i64,
-    /// For sign-in mail: its request, read in the same query.
-    pub request: Option<RequestInfo>,
-}
-
-/// What happened to one delivery attempt.
-#[derive(Debug)]
-pub enum MailOutcome {
-    Sent,
-    Retry { error: String, at: i64 },
-    Failed { error: String },
-}
-
 pub struct NewSignIn {
     pub email: String,
     pub replaces: Option<Hash>,
@@ -386,14 +367,16 @@ impl Store {
         .await
     }
 
-    /// For `/readyz`: seconds the oldest due email is overdue (0: none). The sender
-    /// reschedules a failed attempt into the future, so a large value means it is not
-    /// working through the queue at all, not that the SMTP server is down.
+    /// For `/readyz`: seconds the oldest due sign-in email is overdue (0: none). The
+    /// sender reschedules a failed attempt into the future, so a large value means it is
+    /// not working through the queue at all, not that the SMTP server is down. API mail
+    /// is left out: a backlog of it (a slow provider, the ceilings of a mail service)
+    /// must not take a server out of rotation; its lane does not hold sign-ins up.
     pub async fn mail_overdue(&self, now: i64) -> Result<i64> {
         self.run(move |c| {
             Ok(c.prepare_cached(
                 "SELECT COALESCE(?1 - MIN(next_attempt_at), 0) FROM outbox
-                  WHERE state = 'queued' AND next_attempt_at <= ?1",
+                  WHERE state = 'queued' AND kind = 'sign_in' AND next_attempt_at <= ?1",
             )?
             .query_row(params![now], |r| r.get(0))?)
         })
@@ -809,104 +792,6 @@ impl Store {
         .await
     }
 
-    // ---- outbox ----
-
-    pub async fn due_mail(&self, now: i64, limit: i64) -> Result<Vec<OutboxItem>> {
-        self.run(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT o.id, o.kind, o.request_id, o.recipient, o.subject, o.text_body,
-                        o.html_body, o.attempts,
-                        r.id, u.email, r.salt, r.link_hash, r.state, r.match_number,
-                        r.return_to, r.ip, r.user_agent, r.created_at, r.expires_at, r.silent
-                   FROM outbox o
-                   LEFT JOIN sign_in_requests r ON r.id = o.request_id
-                   LEFT JOIN users u ON u.id = r.user_id
-                  WHERE o.state = 'queued' AND o.next_attempt_at <= ?1
-                  ORDER BY o.next_attempt_at, o.id LIMIT ?2",
-            )?;
-            let rows = st
-                .query_map(params![now, limit], |r| {
-                    let request = match r.get::<_, Option<i64>>(8)? {
-                        Some(id) => Some(RequestInfo {
-                            id,
-                            email: r.get(9)?,
-                            salt: r.get(10)?,
-                            link_hash: r.get(11)?,
-                            state: r.get(12)?,
-                            match_number: r.get(13)?,
-                            return_to: r.get(14)?,
-                            ip: r.get(15)?,
-                            user_agent: r.get(16)?,
-                            created_at: r.get(17)?,
-                            expires_at: r.get(18)?,
-                            silent: r.get(19)?,
-                        }),
-                        None => None,
-                    };
-                    Ok(OutboxItem {
-                        id: r.get(0)?,
-                        kind: r.get(1)?,
-                        request_id: r.get(2)?,
-                        recipient: r.get(3)?,
-                        subject: r.get(4)?,
-                        text_body: r.get(5)?,
-                        html_body: r.get(6)?,
-                        attempts: r.get(7)?,
-                        request,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
-        .await
-    }
-
-    pub async fn next_mail_due(&self) -> Result<Option<i64>> {
-        self.run(|c| {
-            Ok(c.query_row(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'queued'",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
-    }
-
-    /// Record the outcome of a batch of delivery attempts in one transaction.
-    pub async fn mail_results(&self, results: Vec<(i64, MailOutcome)>, now: i64) -> Result<()> {
-        if results.is_empty() {
-            return Ok(());
-        }
-        self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for (id, outcome) in results {
-                match outcome {
-                    MailOutcome::Sent => tx
-                        .prepare_cached(
-                            "UPDATE outbox SET state = 'sent', sent_at = ?2,
-                                    attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-                        )?
-                        .execute(params![id, now])?,
-                    MailOutcome::Retry { error, at } => tx
-                        .prepare_cached(
-                            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
-                                    next_attempt_at = ?3 WHERE id = ?1",
-                        )?
-                        .execute(params![id, error, at])?,
-                    MailOutcome::Failed { error } => tx
-                        .prepare_cached(
-                            "UPDATE outbox SET state = 'failed', attempts = attempts + 1,
-                                    last_error = ?2 WHERE id = ?1",
-                        )?
-                        .execute(params![id, error])?,
-                };
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Write audit events, all in one transaction.
     pub async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<()> {
         self.write(move |c| {
@@ -929,7 +814,7 @@ impl Store {
             // requests are gone; not invited, blocked or grouped ones.
             n += c.execute(
                 "DELETE FROM users WHERE confirmed_at IS NULL AND invited = 0 AND blocked = 0
-                   AND created_at <= ?1
+                   AND api_created = 0 AND created_at <= ?1
                    AND NOT EXISTS (SELECT 1 FROM sign_in_requests r WHERE r.user_id = users.id)
                    AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = users.id)
                    AND NOT EXISTS (SELECT 1 FROM user_groups g WHERE g.user_id = users.id)",

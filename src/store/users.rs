@@ -616,7 +616,16 @@ mod tests {
         assert!(s.session(pending, now(), 0).await.unwrap().is_none());
         assert!(s.session(other, now(), 0).await.unwrap().is_some());
         // Nothing of Vera's is left to send; Walt's mail is.
-        let due = s.due_mail(now() + 1, 100).await.unwrap();
+        let due = s
+            .claim_mail(
+                crate::store::Lane::SignIn,
+                "test".into(),
+                now() + 1,
+                now() + 60,
+                100,
+            )
+            .await
+            .unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].recipient, "walt@example.com");
         // No new sign-in either.

@@ -98,12 +98,19 @@ impl Smtp {
 
     /// Start on a given port (0 = any) writing into `dir`.
     pub fn start_in(dir: &Path, port: u16) -> Smtp {
+        Smtp::start_slow(dir, port, 0)
+    }
+
+    /// Like `start_in`, taking `delay_ms` to accept each message (a slow server).
+    pub fn start_slow(dir: &Path, port: u16, delay_ms: u64) -> Smtp {
         let mut child = Command::new(venv().join("bin/python"))
             .arg(repo().join("tests/smtp_sink.py"))
             .arg("--dir")
             .arg(dir)
             .arg("--port")
             .arg(port.to_string())
+            .arg("--delay-ms")
+            .arg(delay_ms.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -200,7 +207,7 @@ pub fn test_config(smtp_port: u16, top: &str, sections: &str) -> String {
     let limits = if sections.contains("[limits]") {
         ""
     } else {
-        "[limits]\nsign_in_per_address = \"off\"\nsign_in_address_gap = \"0\"\nsign_in_per_ip = \"off\"\nsign_in_global = \"off\"\ncodes_per_ip = \"off\"\nunknown_links_per_ip = \"off\"\n"
+        "[limits]\nsign_in_per_address = \"off\"\nsign_in_address_gap = \"0\"\nsign_in_per_ip = \"off\"\nsign_in_global = \"off\"\ncodes_per_ip = \"off\"\nunknown_links_per_ip = \"off\"\napi_email_per_recipient = \"off\"\napi_email_global = \"off\"\n"
     };
     format!(
         r#"webapp_name = "Test App"
@@ -309,6 +316,16 @@ impl Authbase {
             stderr,
             config: config.to_string(),
         }
+    }
+
+    /// The address of the `api.listen` listener, from the start-up log.
+    pub fn api_addr(&self) -> String {
+        let logs = self.logs();
+        let i = logs
+            .find("email API on http://")
+            .expect("an api.listen listener")
+            + "email API on http://".len();
+        logs[i..].split('/').next().unwrap().to_string()
     }
 
     pub fn url(&self, path: &str) -> String {

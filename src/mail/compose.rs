@@ -1,0 +1,339 @@
+//! Composing the email API's messages: checking every field, then building the MIME
+//! message once, when it is accepted. The outbox stores the bytes, so each attempt
+//! sends exactly the same message (same Message-ID and Date).
+//!
+//! Header injection: the subject, file names and content types are refused when they
+//! hold control characters (CR and LF included); addresses are parsed by
+//! `email_addr::normalise`, which accepts no quotes, comments, display names or lists;
+//! lettre encodes UTF-8 subjects (RFC 2047) and file names (RFC 2231) itself.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment as MimeAttachment, Mailbox, MultiPart, SinglePart};
+use lettre::Message;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::email_addr;
+
+/// Most attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 20;
+/// Longest subject, in characters.
+pub const MAX_SUBJECT: usize = 500;
+
+/// One attachment, decoded.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
+}
+
+/// A message as an app asks for it.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    /// The normalised recipient address.
+    pub to: String,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub reply_to: Option<String>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// A message ready for the outbox.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    pub raw: Vec<u8>,
+    pub message_id: String,
+    /// The envelope sender (MAIL FROM).
+    pub sender: String,
+}
+
+/// The `From` of every message: `email.sender_address`, named after `webapp_name` when
+/// the address has no name of its own.
+pub fn from_mailbox(cfg: &Config) -> Result<Mailbox, String> {
+    let mut m: Mailbox = cfg
+        .email
+        .sender_address
+        .parse()
+        .map_err(|e| format!("email.sender_address: {e}"))?;
+    if m.name.is_none() {
+        m.name = Some(cfg.webapp_name.clone());
+    }
+    Ok(m)
+}
+
+/// `<hex@domain-of-the-sender>`: unique, and stable for one message across attempts.
+pub fn message_id(from: &Mailbox, unique: &[u8]) -> String {
+    let hex: String = unique.iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@{}>", from.email.domain())
+}
+
+/// The Message-ID of a sign-in message: derived from its request's salt (a hash: the
+/// salt itself is an input of the link secret), so retries carry the same id.
+pub fn sign_in_message_id(from: &Mailbox, salt: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"authbase message-id\0");
+    h.update(salt);
+    message_id(from, &h.finalize()[..16])
+}
+
+/// `Auto-Submitted: auto-generated` (RFC 3834): no vacation auto-replies to us.
+pub fn auto_submitted() -> HeaderValue {
+    HeaderValue::new(
+        HeaderName::new_from_ascii_str("Auto-Submitted"),
+        "auto-generated".into(),
+    )
+}
+
+fn no_controls(what: &str, v: &str) -> Result<(), String> {
+    match v.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "{what} must not contain control characters (found U+{:04X})",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Check every field; `max_bytes` caps text, HTML and attachments together.
+pub fn check(d: &Draft, max_bytes: usize) -> Result<(), String> {
+    let subject = d.subject.trim();
+    if subject.is_empty() {
+        return Err("subject is required".into());
+    }
+    if subject.chars().count() > MAX_SUBJECT {
+        return Err(format!("subject is longer than {MAX_SUBJECT} characters"));
+    }
+    no_controls("subject", &d.subject)?;
+    let text = d.text.as_deref().unwrap_or("");
+    let html = d.html.as_deref().unwrap_or("");
+    if text.is_empty() && html.is_empty() {
+        return Err("text or html is required".into());
+    }
+    if text.contains('\0') || html.contains('\0') {
+        return Err("text and html must not contain NUL characters".into());
+    }
+    if d.attachments.len() > MAX_ATTACHMENTS {
+        return Err(format!("at most {MAX_ATTACHMENTS} attachments"));
+    }
+    let mut total = text.len() + html.len();
+    for (i, a) in d.attachments.iter().enumerate() {
+        let name = a.filename.trim();
+        if name.is_empty() || name.chars().count() > 255 {
+            return Err(format!(
+                "attachments[{i}].filename must be 1 to 255 characters"
+            ));
+        }
+        no_controls(&format!("attachments[{i}].filename"), &a.filename)?;
+        if name.contains(['/', '\\']) {
+            return Err(format!(
+                "attachments[{i}].filename must be a name, not a path"
+            ));
+        }
+        content_type(&a.content_type).map_err(|e| format!("attachments[{i}].content_type: {e}"))?;
+        total += a.content.len();
+    }
+    if total > max_bytes {
+        return Err(format!(
+            "the message is {total} bytes (text, html and attachments); the limit is {max_bytes} (api.max_message_bytes)"
+        ));
+    }
+    Ok(())
+}
+
+fn content_type(s: &str) -> Result<ContentType, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("is required (e.g. application/pdf)".into());
+    }
+    no_controls("it", s)?;
+    let (main, sub) = s
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not a media type like application/pdf"))?;
+    let token = |t: &str| {
+        !t.trim().is_empty()
+            && t.trim()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    if !token(main) || !token(sub) || main.eq_ignore_ascii_case("multipart") {
+        return Err(format!("`{s}` is not a media type like application/pdf"));
+    }
+    ContentType::parse(s).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Build the message (call `check` first). `unique` makes the Message-ID.
+pub fn compose(
+    cfg: &Config,
+    d: &Draft,
+    created: SystemTime,
+    unique: &[u8],
+) -> Result<Composed, String> {
+    let from = from_mailbox(cfg)?;
+    let to: Mailbox = d.to.parse().map_err(|e| format!("recipient: {e}"))?;
+    let id = message_id(&from, unique);
+    // Whole seconds: what the Date header can say, and what the outbox records.
+    let secs = created
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut b = Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(d.subject.trim())
+        .date(UNIX_EPOCH + Duration::from_secs(secs))
+        .message_id(Some(id.clone()))
+        .raw_header(auto_submitted());
+    if let Some(r) = &d.reply_to {
+        let r = email_addr::normalise(r).map_err(|e| format!("reply_to: {e}"))?;
+        b = b.reply_to(r.parse().map_err(|e| format!("reply_to: {e}"))?);
+    }
+    enum Body {
+        One(SinglePart),
+        Alt(MultiPart),
+    }
+    let body = match (
+        d.text.as_deref().filter(|t| !t.is_empty()),
+        d.html.as_deref().filter(|h| !h.is_empty()),
+    ) {
+        (Some(t), Some(h)) => Body::Alt(MultiPart::alternative_plain_html(
+            t.to_string(),
+            h.to_string(),
+        )),
+        (Some(t), None) => Body::One(SinglePart::plain(t.to_string())),
+        (None, Some(h)) => Body::One(SinglePart::html(h.to_string())),
+        (None, None) => return Err("text or html is required".into()),
+    };
+    let msg = if d.attachments.is_empty() {
+        match body {
+            Body::One(p) => b.singlepart(p),
+            Body::Alt(m) => b.multipart(m),
+        }
+    } else {
+        let mut mixed = match body {
+            Body::One(p) => MultiPart::mixed().singlepart(p),
+            Body::Alt(m) => MultiPart::mixed().multipart(m),
+        };
+        for a in &d.attachments {
+            let ct = content_type(&a.content_type)?;
+            mixed = mixed.singlepart(
+                MimeAttachment::new(a.filename.trim().to_string()).body(a.content.clone(), ct),
+            );
+        }
+        b.multipart(mixed)
+    }
+    .map_err(|e| format!("building the message: {e}"))?;
+    Ok(Composed {
+        raw: msg.formatted(),
+        message_id: id,
+        sender: from.email.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoEnv;
+    impl crate::config::Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn cfg() -> Config {
+        Config::from_toml(
+            "webapp_name = \"Acme\"\n[email]\nsender_address = \"no-reply@acme.test\"\n",
+            &NoEnv,
+        )
+        .unwrap()
+    }
+
+    fn draft() -> Draft {
+        Draft {
+            to: "ann@example.com".into(),
+            subject: "Ihr Export ist fertig ✓".into(),
+            text: Some("Hello\n.\nBye".into()),
+            html: Some("<p>Hello</p>".into()),
+            ..Draft::default()
+        }
+    }
+
+    #[test]
+    fn refuses_header_injection() {
+        for s in ["a\r\nBcc: x@evil.test", "a\nb", "a\rb", "tab\tin"] {
+            let d = Draft {
+                subject: s.into(),
+                ..draft()
+            };
+            assert!(check(&d, 1 << 20).unwrap_err().contains("control"), "{s:?}");
+        }
+        let d = Draft {
+            attachments: vec![Attachment {
+                filename: "a\r\nContent-Type: text/html".into(),
+                content_type: "text/plain".into(),
+                content: b"x".to_vec(),
+            }],
+            ..draft()
+        };
+        assert!(check(&d, 1 << 20).is_err());
+        for ct in ["text/plain\r\nX: y", "multipart/mixed", "nonsense", ""] {
+            let d = Draft {
+                attachments: vec![Attachment {
+                    filename: "a.txt".into(),
+                    content_type: ct.into(),
+                    content: b"x".to_vec(),
+                }],
+                ..draft()
+            };
+            assert!(check(&d, 1 << 20).is_err(), "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn caps_the_size() {
+        let d = Draft {
+            attachments: vec![Attachment {
+                filename: "big.bin".into(),
+                content_type: "application/octet-stream".into(),
+                content: vec![0; 2000],
+            }],
+            ..draft()
+        };
+        assert!(check(&d, 1024)
+            .unwrap_err()
+            .contains("api.max_message_bytes"));
+        assert!(check(&d, 4096).is_ok());
+    }
+
+    #[test]
+    fn composes_from_the_configured_sender_with_a_stable_id() {
+        let c = cfg();
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_851_240);
+        let m = compose(&c, &draft(), at, &[0xab; 16]).unwrap();
+        let raw = String::from_utf8(m.raw).unwrap();
+        assert_eq!(m.message_id, format!("<{}@acme.test>", "ab".repeat(16)));
+        assert_eq!(m.sender, "no-reply@acme.test");
+        assert!(raw.contains("From: Acme <no-reply@acme.test>\r\n"), "{raw}");
+        assert!(
+            raw.contains(&format!("Message-ID: {}\r\n", m.message_id)),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("Date: Sat, 28 Nov 2026 07:34:00 +0000\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("Auto-Submitted: auto-generated\r\n"), "{raw}");
+        assert!(
+            raw.contains("Subject: Ihr Export ist fertig =?utf-8?b?4pyT?=\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("multipart/alternative"), "{raw}");
+    }
+}
