@@ -22,8 +22,13 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("unsupported content type; send a form or JSON")]
     UnsupportedMediaType,
+    #[error("unsupported content type; send JSON (Content-Type: application/json)")]
+    JsonOnly,
     #[error("the database is busy; try again")]
     Busy,
+    /// The database cannot be used (see `StoreError::Unavailable`): fail closed.
+    #[error("the service is temporarily unavailable; try again")]
+    Unavailable(String),
     #[error("the request took too long")]
     Timeout,
     #[error("internal error: {0}")]
@@ -52,8 +57,12 @@ impl AppError {
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::Busy | AppError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::UnsupportedMediaType | AppError::JsonOnly => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            AppError::Busy | AppError::Timeout | AppError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::ApiUnauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::ApiOff => StatusCode::NOT_FOUND,
@@ -72,8 +81,12 @@ impl AppError {
             }
             other => {
                 let mut s = other.to_string();
-                if let Some(c) = s.get_mut(0..1) {
-                    c.make_ascii_uppercase();
+                // Field names (`reply_to`, `attachments[0].filename`) keep their spelling.
+                let first = s.split(' ').next().unwrap_or("");
+                if !first.contains(['_', '[', '.']) {
+                    if let Some(c) = s.get_mut(0..1) {
+                        c.make_ascii_uppercase();
+                    }
                 }
                 s
             }
@@ -86,6 +99,7 @@ impl From<StoreError> for AppError {
         match e {
             StoreError::Busy => AppError::Busy,
             StoreError::Db(m) => AppError::Internal(m),
+            StoreError::Unavailable(m) => AppError::Unavailable(m),
         }
     }
 }

@@ -149,6 +149,11 @@ fn authority<'a>(
     if !dns_ok || (numeric && host.parse::<Ipv4Addr>().is_err()) {
         return Err(Invalid(name));
     }
+    // Punycode labels must decode (found by tests/fuzz.rs: `xn--ap` is no name). Rare,
+    // so the full IDNA check costs the hot path nothing for other hosts.
+    if host.contains("xn--") && url::Host::parse(host).is_err() {
+        return Err(Invalid(name));
+    }
     let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {

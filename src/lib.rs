@@ -166,10 +166,13 @@ pub async fn serve(
             }
         }
     });
+    // Stopped last: this server stays registered (heartbeating) until its mail sender
+    // has handed back its claims, so no other server takes over a message being sent.
+    let (follow_tx, follow_rx) = watch::channel(false);
     let revocations = tokio::spawn(session::follow_revocations(
         app.clone(),
         position,
-        stop_rx.clone(),
+        follow_rx,
     ));
     // One shutdown signal for both listeners.
     let (quit_tx, quit_rx) = watch::channel(false);
@@ -206,15 +209,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // The mail sender stops between messages; a send in progress gets a bounded time.
     let (mail_abort, sweep_abort) = (mail_task.abort_handle(), sweep_task.abort_handle());
-    let both = async {
-        tokio::join!(
-            mail_task,
-            sweep_task,
-            revocations,
-            activity_task,
-            audit_task
-        )
-    };
+    let both = async { tokio::join!(mail_task, sweep_task, activity_task, audit_task) };
     if tokio::time::timeout(server::DRAIN_TIMEOUT, both)
         .await
         .is_err()
@@ -223,5 +218,8 @@ pub async fn serve(
         mail_abort.abort();
         sweep_abort.abort();
     }
+    let _ = follow_tx.send(true);
+    // Unregistering is one write, bounded by the busy timeout.
+    let _ = tokio::time::timeout(Duration::from_secs(6), revocations).await;
     tracing::info!("stopped");
 }

@@ -35,7 +35,9 @@ use crate::pages;
 use crate::secrets::{self, ServerKey};
 use crate::store::{now, Lane, MailOutcome, OutboxItem, Store};
 
-/// Messages one claim takes, per unit of `email.concurrency`.
+/// Sign-in messages one claim takes, per unit of `email.concurrency`. API messages are
+/// claimed `concurrency` at a time: they may be megabytes each, and are held in memory
+/// while sent.
 const BATCH_PER_SLOT: usize = 4;
 /// How often claims of servers that stopped heartbeating are looked for.
 const STALE_CLAIMS_EVERY: Duration = Duration::from_secs(5);
@@ -98,16 +100,10 @@ enum Failure {
 impl Mailer {
     /// Run both lanes until `stop` resolves, then hand back unsent claims.
     pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
-        if let Err(e) = self
-            .store
-            .release_stale_claims(self.server_id.clone(), now())
-            .await
-        {
-            tracing::warn!(error = %e, "mail outbox unavailable; will retry");
-        }
         tokio::join!(
             self.lane(Lane::SignIn, &self.wake, stop.clone()),
             self.lane(Lane::Api, &self.wake_api, stop.clone()),
+            self.take_over(stop.clone()),
         );
         match self
             .store
@@ -122,32 +118,39 @@ impl Mailer {
         }
     }
 
+    /// Every few seconds (and at start): release the claims of servers that stopped
+    /// heartbeating (killed), so their messages are sent by this one.
+    async fn take_over(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            match self
+                .store
+                .release_stale_claims(self.server_id.clone(), now())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(
+                        messages = n,
+                        "took over messages claimed by a server that stopped"
+                    );
+                    self.wake.notify_one();
+                    self.wake_api.notify_one();
+                }
+                Err(e) => tracing::warn!(error = %e, "mail outbox unavailable; will retry"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(STALE_CLAIMS_EVERY) => {}
+            }
+        }
+    }
+
     /// One lane: checks the queue when woken, when the next retry is due, and at least
     /// every few seconds.
     async fn lane(&self, lane: Lane, wake: &Notify, stop: tokio::sync::watch::Receiver<bool>) {
-        let mut stale_check = tokio::time::Instant::now() + STALE_CLAIMS_EVERY;
         loop {
             if *stop.borrow() {
                 return;
-            }
-            // Claims of a killed server: one lane looks, for both.
-            if lane == Lane::Api && tokio::time::Instant::now() >= stale_check {
-                stale_check = tokio::time::Instant::now() + STALE_CLAIMS_EVERY;
-                match self
-                    .store
-                    .release_stale_claims(self.server_id.clone(), now())
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(
-                            messages = n,
-                            "took over messages claimed by a server that stopped"
-                        );
-                        self.wake.notify_one();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "mail outbox unavailable; will retry"),
-                }
             }
             if let Err(e) = self.drain(lane, &stop).await {
                 tracing::warn!(error = %e, "mail outbox unavailable; will retry");
@@ -173,9 +176,10 @@ impl Mailer {
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), crate::store::StoreError> {
         let slots = self.cfg.email.concurrency;
-        let batch = slots * BATCH_PER_SLOT;
+        let rounds = if lane == Lane::Api { 1 } else { BATCH_PER_SLOT };
+        let batch = slots * rounds;
         // Long enough for a whole batch at the slowest: every send takes smtp_timeout.
-        let lease = self.cfg.email.smtp_timeout.secs() * BATCH_PER_SLOT as i64 + 30;
+        let lease = self.cfg.email.smtp_timeout.secs() * rounds as i64 + 30;
         loop {
             let t = now();
             let due = self
@@ -206,15 +210,17 @@ impl Mailer {
         }
     }
 
-    async fn deliver(&self, item: OutboxItem) -> MailOutcome {
+    async fn deliver(&self, mut item: OutboxItem) -> MailOutcome {
         let t = now();
-        let outcome = if item.deadline.is_some_and(|d| t >= d) {
+        let outcome = if let Some(why) = &item.refused {
+            Err(Failure::Permanent(format!("not sent: {why}")))
+        } else if item.deadline.is_some_and(|d| t >= d) {
             Err(Failure::Permanent(format!(
                 "not sent: queued for longer than email.max_age ({})",
                 self.cfg.email.max_age
             )))
         } else {
-            match self.build(&item) {
+            match self.build(&mut item) {
                 Ok((envelope, raw)) => self.send(envelope, raw).await,
                 Err(f) => Err(f),
             }
@@ -252,12 +258,12 @@ impl Mailer {
 
     /// The envelope and bytes to send: API mail as composed when it was accepted,
     /// sign-in mail rendered now.
-    fn build(&self, item: &OutboxItem) -> Result<(Envelope, Vec<u8>), Failure> {
+    fn build(&self, item: &mut OutboxItem) -> Result<(Envelope, Vec<u8>), Failure> {
         let to: lettre::Address = item
             .recipient
             .parse()
             .map_err(|e| Failure::Permanent(format!("recipient: {e}")))?;
-        if let Some(raw) = &item.raw {
+        if let Some(raw) = item.raw.take() {
             let sender: lettre::Address = item
                 .sender
                 .as_deref()
@@ -266,7 +272,7 @@ impl Mailer {
                 .map_err(|e| Failure::Permanent(format!("sender: {e}")))?;
             let envelope = Envelope::new(Some(sender), vec![to])
                 .map_err(|e| Failure::Permanent(format!("envelope: {e}")))?;
-            return Ok((envelope, raw.clone()));
+            return Ok((envelope, raw));
         }
         if item.kind != "sign_in" {
             return Err(Failure::Permanent(format!(
@@ -402,7 +408,15 @@ fn plain_part(raw: &str) -> String {
     };
     let headers = &part[..body_at];
     let body = &part[body_at + 4..];
-    let body = &body[..body.find("\r\n--").unwrap_or(body.len())];
+    // The part ends at its multipart boundary; a body line may start with "--" too
+    // (a soft-wrapped link whose secret holds "--", say).
+    let end = raw
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|b| b.split('"').next())
+        .and_then(|b| body.find(&format!("\r\n--{b}")))
+        .unwrap_or(body.len());
+    let body = &body[..end];
     let decoded = if headers.contains("quoted-printable") {
         decode_qp(body)
     } else if headers.contains("base64") {

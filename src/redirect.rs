@@ -43,6 +43,11 @@ pub fn validate(raw: &str, cfg: &Config) -> Option<String> {
         url::Host::Ipv4(ip) => ip.to_string(),
         url::Host::Ipv6(ip) => format!("[{ip}]"),
     };
+    // `app.example.com.` names the same host in DNS but not for cookies: a browser
+    // sent there arrives without its session (found by tests/fuzz.rs).
+    if host.ends_with('.') {
+        return None;
+    }
     host_allowed(&host, cfg).then(|| url.to_string())
 }
 
@@ -158,6 +163,18 @@ mod tests {
     /// oauth2-proxy's open-redirect corpus: every line, URL-unescaped, must be refused
     /// with the cookie domain `whitelisteddomain.tld`: no line may yield a redirect that
     /// leaves that domain (tests/data/README.md).
+    #[test]
+    fn trailing_dot_hosts_are_refused() {
+        let c = cfg("example.com", &[]);
+        for u in [
+            "https://app.example.com./x",
+            "https://app.example.com%2e/path",
+            "https://example.com./",
+        ] {
+            assert_eq!(validate(u, &c), None, "{u}");
+        }
+    }
+
     #[test]
     fn openredirects_corpus() {
         let text = include_str!("../tests/data/openredirects.txt");

@@ -36,7 +36,11 @@ pub fn new_token() -> (String, Hash) {
 }
 
 pub fn hash(token: &str) -> Hash {
-    Sha256::digest(token.as_bytes()).into()
+    hash_bytes(token.as_bytes())
+}
+
+pub fn hash_bytes(b: &[u8]) -> Hash {
+    Sha256::digest(b).into()
 }
 
 /// A token from a client is only worth hashing when it has the shape we issue; this keeps

@@ -200,7 +200,7 @@ fn error_response(ctx: &Ctx, e: AppError) -> Resp {
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
         }
-        AppError::Busy | AppError::Timeout => {
+        AppError::Busy | AppError::Timeout | AppError::Unavailable(_) => {
             r.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }

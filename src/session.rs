@@ -30,6 +30,11 @@ use crate::web;
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// How often a server looks for revocations made by other processes.
 pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
+/// How long sessions are answered after the last successful look at the revocation
+/// log (and at the database file). Past it the database cannot tell us about
+/// revocations (locked, gone, replaced), so `current` fails closed: an error (503), not
+/// a cached "signed in", until the log can be read again.
+pub const SYNC_GRACE: Duration = Duration::from_secs(3);
 const SHARDS: usize = 16;
 
 /// Activity is recorded at most every 2% of the idle timeout (at most hourly), so reads
@@ -148,6 +153,10 @@ pub struct SessionCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     epoch: AtomicU64,
+    /// When the revocation log was last read successfully: milliseconds since `base`,
+    /// plus one (0: never).
+    synced: AtomicU64,
+    base: Instant,
 }
 
 impl SessionCache {
@@ -157,7 +166,23 @@ impl SessionCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS),
             epoch: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            base: Instant::now(),
         }
+    }
+
+    /// The revocation log (and the database file) were checked just now.
+    pub fn mark_synced(&self) {
+        let ms = self.base.elapsed().as_millis() as u64 + 1;
+        self.synced.store(ms, Ordering::Release);
+    }
+
+    /// Whether the last successful check is recent enough (see `SYNC_GRACE`) at `at`.
+    pub fn in_sync(&self, at: Instant) -> bool {
+        let synced = self.synced.load(Ordering::Acquire);
+        synced != 0
+            && at.saturating_duration_since(self.base).as_millis() as u64
+                <= synced - 1 + SYNC_GRACE.as_millis() as u64
     }
 
     fn shard(&self, h: &Hash) -> std::sync::MutexGuard<'_, Shard> {
@@ -246,8 +271,15 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed
     let t = now();
     let idle = app.cfg.session.idle_timeout.secs();
     let cache = &app.sessions;
+    let at = Instant::now();
+    // Fail closed while revocations cannot be followed (see `SYNC_GRACE`).
+    if !cache.in_sync(at) {
+        return Err(StoreError::Unavailable(
+            "the revocation log has not been readable for a while".into(),
+        ));
+    }
     if let Some(e) = cache.get(&hash) {
-        if e.fetched.elapsed() < CACHE_TTL {
+        if at.saturating_duration_since(e.fetched) < CACHE_TTL {
             if e.user.user.expires_at <= t || (idle > 0 && e.last_seen_at + idle <= t) {
                 cache.evict(&hash);
                 return Ok(None);
@@ -304,7 +336,12 @@ pub async fn join_revocations(app: &App) -> LogPosition {
         }
     };
     let registered = match seen {
-        Some(n) => register(app, &id, n).await,
+        Some(n) => {
+            if app.store.check_file().await.is_ok() {
+                app.sessions.mark_synced();
+            }
+            register(app, &id, n).await
+        }
         None => false,
     };
     LogPosition {
@@ -354,33 +391,67 @@ pub async fn follow_revocations(
     // The newest record this server has told the store it applied.
     let mut acked = seen;
     let mut reported = Instant::now();
+    // Logged once when the database becomes unavailable, once when it is back.
+    let mut down = false;
+    let mut ack: Option<tokio::task::JoinHandle<(bool, bool, i64)>> = None;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(REVOCATION_POLL) => {}
         }
-        match app.store.revocations_since(seen).await {
-            Ok(rows) => {
-                for (seq, user_id, keys) in rows {
-                    if keys {
-                        // Not acknowledged until it worked: `keys rotate` waits for it.
-                        if let Err(e) = reload_keys(&app).await {
-                            tracing::warn!(error = %e, "could not reload the signing keys; retrying");
-                            break;
-                        }
-                        tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
-                    } else {
-                        app.sessions.evict_user(user_id);
-                        tracing::info!(user_id, "sessions revoked by another process");
-                    }
-                    seen = seq;
-                }
-            }
+        // The file first: open connections would go on reading a file moved away.
+        let polled = match app.store.check_file().await {
+            Ok(()) => app.store.revocations_since(seen).await,
+            Err(e) => Err(e),
+        };
+        let rows = match polled {
+            Ok(rows) => rows,
             Err(e) => {
-                // No heartbeat either: a server that cannot read the log must not look live.
-                tracing::warn!(error = %e, "revocation log unavailable; retrying");
+                // No heartbeat either: a server that cannot read the log must not look
+                // live; and past SYNC_GRACE no session is answered from memory.
+                if !down {
+                    tracing::warn!(error = %e, "revocation log unavailable; after {} s no session is accepted until it is back", SYNC_GRACE.as_secs());
+                    down = true;
+                }
                 continue;
             }
+        };
+        let mut complete = true;
+        for (seq, user_id, keys) in rows {
+            if keys {
+                // Not acknowledged until it worked: `keys rotate` waits for it.
+                if let Err(e) = reload_keys(&app).await {
+                    tracing::warn!(error = %e, "could not reload the signing keys; retrying");
+                    complete = false;
+                    break;
+                }
+                tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
+            } else {
+                app.sessions.evict_user(user_id);
+                tracing::info!(user_id, "sessions revoked by another process");
+            }
+            seen = seq;
+        }
+        if complete {
+            app.sessions.mark_synced();
+            if down {
+                tracing::info!("revocation log readable again");
+                down = false;
+            }
+        }
+        // Acknowledgements and heartbeats are writes: they run beside this loop, so a
+        // write lock held elsewhere (reads still work in WAL mode) never stalls
+        // following the log. One at a time.
+        if let Some(h) = ack.take_if(|h| h.is_finished()) {
+            if let Ok((ok, reg, at)) = h.await {
+                registered = reg;
+                if ok {
+                    acked = acked.max(at);
+                }
+            }
+        }
+        if ack.is_some() {
+            continue;
         }
         // The poll interval counts too: the gap between heartbeats stays under HEARTBEAT.
         let due = reported.elapsed() + REVOCATION_POLL >= crate::store::HEARTBEAT;
@@ -388,26 +459,31 @@ pub async fn follow_revocations(
             continue;
         }
         reported = Instant::now();
-        let ok = if registered {
-            match app.store.ack_server(id.clone(), seen, now()).await {
-                Ok(true) => true,
-                // Swept or deleted meanwhile: register again.
-                Ok(false) => {
-                    registered = register(&app, &id, seen).await;
-                    registered
+        let (app2, id2) = (app.clone(), id.clone());
+        ack = Some(tokio::spawn(async move {
+            if registered {
+                match app2.store.ack_server(id2.clone(), seen, now()).await {
+                    Ok(true) => (true, true, seen),
+                    // Swept or deleted meanwhile: register again.
+                    Ok(false) => {
+                        let reg = register(&app2, &id2, seen).await;
+                        (reg, reg, seen)
+                    }
+                    // Tried again at the next poll while `acked` lags behind.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not acknowledge revocations");
+                        (false, true, seen)
+                    }
                 }
-                // Tried again at the next poll while `acked` lags behind.
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not acknowledge revocations");
-                    false
-                }
+            } else {
+                let reg = register(&app2, &id2, seen).await;
+                (reg, reg, seen)
             }
-        } else {
-            registered = register(&app, &id, seen).await;
-            registered
-        };
-        if ok {
-            acked = seen;
+        }));
+    }
+    if let Some(h) = ack {
+        if let Ok((_, reg, _)) = h.await {
+            registered = reg;
         }
     }
     if registered {

@@ -11,6 +11,7 @@ use base64::Engine;
 use common::proxy::free_port;
 use common::*;
 use hyper::Method;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef-test-token";
 
@@ -359,12 +360,12 @@ async fn bad_requests_are_refused_precisely_and_send_nothing() {
         (
             ok(serde_json::json!({"subject": "Hi\r\nBcc: evil@example.net"})),
             400,
-            "control characters",
+            "control",
         ),
         (
             ok(serde_json::json!({"subject": "Hi\nX-Evil: 1"})),
             400,
-            "control characters",
+            "control",
         ),
         (
             ok(serde_json::json!({"subject": ""})),
@@ -499,7 +500,7 @@ async fn bad_requests_are_refused_precisely_and_send_nothing() {
     let head = format!(
         "POST /api/email HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        15 * 1024 * 1024
+        40 * 1024 * 1024
     );
     let answer = tokio::time::timeout(WAIT, async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -551,6 +552,15 @@ async fn create_user_and_idempotency_keys() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(first.json()["id"], again.json()["id"]);
     assert_eq!(first.json()["message_id"], again.json()["message_id"]);
+    // The same key with another request is refused, garbage included.
+    for other in [
+        serde_json::json!({"email": "Other@Example.com", "create_user": true, "subject": "Welcome", "text": "hi"}).to_string(),
+        "{garbage".to_string(),
+    ] {
+        let r = send(&a.addr, Method::POST, "/api/email", &h, other).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body.contains("different request"), "{}", r.body);
+    }
     let user = first.json()["user_id"].as_i64().unwrap();
     smtp.wait_for(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -952,4 +962,198 @@ async fn cli_sends_and_manages_the_outbox() {
     assert_eq!(st.code(), Some(65), "{err}");
     let (st, _, err) = a.cli(&["outbox", "list", "--state", "lost"]);
     assert_eq!(st.code(), Some(65), "{err}");
+}
+
+/// A minimal SMTP server that keeps the exact bytes of each DATA section as they came
+/// off the wire (before any dot-unstuffing or line-ending repair).
+async fn raw_smtp() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let g = g.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"220 raw\r\n").await.unwrap();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.trim().to_ascii_uppercase();
+                    if cmd.starts_with("EHLO") {
+                        w.write_all(b"250-raw\r\n250 8BITMIME\r\n").await.unwrap();
+                    } else if cmd.starts_with("DATA") {
+                        w.write_all(b"354 go\r\n").await.unwrap();
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 65536];
+                        while !buf.ends_with(b"\r\n.\r\n") {
+                            let n = r.read(&mut chunk).await.unwrap();
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        g.lock().unwrap().push(buf);
+                        w.write_all(b"250 OK\r\n").await.unwrap();
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        w.write_all(b"250 OK\r\n").await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// Review finding: bare LF / bare CR / NUL reach the SMTP wire inside 7bit parts, so an
+/// app that passes user content through (an attachment, a text body) can put SMTP
+/// end-of-data look-alikes (`<LF>.<LF>`, `<LF>.<CR><LF>`, `<CR>.<CR><LF>`) on the wire:
+/// SMTP smuggling against receivers that accept them.
+#[tokio::test]
+async fn bodies_never_put_bare_cr_or_lf_on_the_wire() {
+    let (port, got) = raw_smtp().await;
+    let a = start_api(&api_config(port, "", ""));
+    let (st, _, err) = a.cli(&["users", "add", "ann@example.com"]);
+    assert!(st.success(), "{err}");
+    let smug = b"hello\n.\nMAIL FROM:<ceo@bank.example>\nRCPT TO:<victim@example.net>\nDATA\n\nsmuggled\n.\n";
+    let r = post_email(
+        &a.addr,
+        Some(TOKEN),
+        &serde_json::json!({"email": "ann@example.com", "subject": "att", "text": "see attached",
+            "attachments": [{"filename": "data.csv", "content_type": "text/csv",
+                "content": base64::engine::general_purpose::STANDARD.encode(smug)}]}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = post_email(
+        &a.addr,
+        Some(TOKEN),
+        &serde_json::json!({"email": "ann@example.com", "subject": "cr",
+            "text": "hello\r.\r\nMAIL FROM:<ceo@bank.example>\r\n"}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let deadline = Instant::now() + WAIT;
+    while got.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "mail never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for wire in got.lock().unwrap().iter() {
+        for (i, b) in wire.iter().enumerate() {
+            let bare_lf = *b == b'\n' && (i == 0 || wire[i - 1] != b'\r');
+            let bare_cr = *b == b'\r' && wire.get(i + 1) != Some(&b'\n');
+            assert!(
+                !bare_lf && !bare_cr && *b != 0,
+                "bare CR/LF/NUL on the wire at {i}: {:?}",
+                String::from_utf8_lossy(&wire[i.saturating_sub(40)..(i + 40).min(wire.len())])
+            );
+        }
+    }
+}
+
+/// Review finding: `outbox retry --failed` re-sends mail that blocking (or removing) a user
+/// dropped, so blocked and removed users get mail.
+#[tokio::test]
+async fn retry_never_sends_to_blocked_or_removed_users() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_api(&api_config(port, "", ""));
+    for e in ["ann@example.com", "bob@example.com"] {
+        assert!(a.cli(&["users", "add", e]).0.success());
+        let r = post_email(
+            &a.addr,
+            Some(TOKEN),
+            &serde_json::json!({"email": e, "subject": "hi", "text": "x"}),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    assert!(a.cli(&["users", "block", "ann@example.com"]).0.success());
+    assert!(a.cli(&["users", "remove", "bob@example.com"]).0.success());
+    let (st, out, err) = a.cli(&["outbox", "retry", "--failed"]);
+    assert!(st.success(), "{err}");
+    println!("{out}");
+    let smtp = Smtp::start_in(dir.path(), port);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let to: Vec<String> = smtp.messages().iter().map(|m| m.envelope.clone()).collect();
+    assert!(to.is_empty(), "blocked/removed users got mail: {to:?}");
+}
+
+/// Review finding: a server stopping gracefully unregisters (follow_revocations ends at once)
+/// while its mail task still finishes an in-flight send; another server's stale-claim
+/// check then takes the message over and sends it a second time, without any crash.
+#[tokio::test]
+async fn a_graceful_stop_with_two_servers_sends_once() {
+    let mdir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start_slow(mdir.path(), 0, 8000);
+    let shared = tempfile::tempdir().unwrap();
+    let db = shared.path().join("authbase.db");
+    let key = shared.path().join("authbase.key");
+    let cfg = api_config(smtp.port, "smtp_timeout = \"30s\"", "")
+        .replace(
+            "database = \"authbase.db\"",
+            &format!("database = \"{}\"", db.display()),
+        )
+        .replace(
+            "secret_key_file = \"authbase.key\"",
+            &format!("secret_key_file = \"{}\"", key.display()),
+        );
+    let mut a = start_api(&cfg);
+    assert!(a.cli(&["users", "add", "ann@example.com"]).0.success());
+    let r = post_email(
+        &a.addr,
+        Some(TOKEN),
+        &serde_json::json!({"email": "ann@example.com", "subject": "once", "text": "x"}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = start_api(&cfg);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.stop(); // SIGTERM while the 8 s DATA is in flight
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let n = smtp.messages().len();
+    println!(
+        "{}",
+        b.logs()
+            .lines()
+            .filter(|l| l.contains("took over"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(n, 1, "delivered {n} times");
+}
+
+/// Review finding: `authbase email send --create-user` creates a user without an audit event
+/// (the API's create_user is audited as api_user_created; `users add` as user_added).
+#[tokio::test]
+async fn cli_create_user_is_audited() {
+    let smtp = Smtp::start();
+    let a = start_api(&api_config(smtp.port, "", ""));
+    let f = a.dir.path().join("t.txt");
+    std::fs::write(&f, "x").unwrap();
+    let (st, out, err) = a.cli(&[
+        "email",
+        "send",
+        "--to",
+        "cron@example.com",
+        "--create-user",
+        "--subject",
+        "x",
+        "--text",
+        f.to_str().unwrap(),
+    ]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains("created user"), "{out}");
+    let out = audit_with(&a, "api_user_created").await;
+    assert!(out.contains("cron@example.com"), "no audit event: {out}");
 }

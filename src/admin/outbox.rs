@@ -124,6 +124,17 @@ pub async fn email_send(cfg: &Config, a: SendArgs) -> Result<Report, AdminError>
         Ok((q, created)) => {
             let mut out = format!("queued message {} {}\n", q.id, q.message_id);
             if let Some(email) = created {
+                store
+                    .record_audit(vec![crate::store::AuditEvent {
+                        at: now(),
+                        event: "api_user_created",
+                        email: email.clone(),
+                        user_id: q.user_id,
+                        ip: String::new(),
+                        user_agent: "authbase email send".into(),
+                        detail: "--create-user".into(),
+                    }])
+                    .await?;
                 out.push_str(&format!("created user {email}\n"));
             }
             Ok(Report { out, warning: None })

@@ -110,15 +110,24 @@ pub async fn send(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     authorize(ctx, req.headers())?;
     let cfg = &ctx.app.cfg;
     if !web::header_has(req.headers(), &CONTENT_TYPE, b"application/json") {
-        return Err(AppError::UnsupportedMediaType);
+        return Err(AppError::JsonOnly);
     }
     let key = idempotency_key(req.headers())?;
-    // Base64 grows attachments by a third; JSON escapes and field names get room too.
-    let limit = cfg.api.max_message_bytes / 3 * 4 + 64 * 1024;
+    // Base64 grows attachments by a third, JSON's \u escapes non-ASCII text up to
+    // threefold; the decoded message is held to `max_message_bytes` after parsing.
+    let limit = cfg.api.max_message_bytes.saturating_mul(3) + 64 * 1024;
     let (_, body) = web::read_body(req, limit).await?;
-    if let Some(k) = &key {
-        if let Some(q) = ctx.app.store.mail_by_idempotency_key(k.clone()).await? {
-            return Ok(queued_response(q.id, &q.message_id, q.user_id, true));
+    let idempotency = key.map(|k| (k, secrets::hash_bytes(&body).to_vec()));
+    if let Some((k, h)) = &idempotency {
+        match ctx
+            .app
+            .store
+            .mail_by_idempotency_key(k.clone(), h.clone())
+            .await?
+        {
+            Some(Ok(q)) => return Ok(queued_response(q.id, &q.message_id, q.user_id, true)),
+            Some(Err(_)) => return Err(AppError::Unprocessable(QueueError::KeyReused.to_string())),
+            None => {}
         }
     }
     let r: EmailRequest = serde_json::from_slice(&body)
@@ -162,7 +171,7 @@ pub async fn send(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         reply_to: r.reply_to,
         attachments,
     };
-    match queue::queue(cfg, &ctx.app.store, to, draft, key).await {
+    match queue::queue(cfg, &ctx.app.store, to, draft, idempotency).await {
         Ok((q, created_user)) => {
             if let Some(email) = created_user {
                 ctx.audit("api_user_created", &email, q.user_id, "create_user");
@@ -175,7 +184,9 @@ pub async fn send(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             Ok(queued_response(q.id, &q.message_id, q.user_id, q.replayed))
         }
         Err(e @ QueueError::Invalid(_)) => Err(AppError::BadRequest(e.to_string())),
-        Err(e @ QueueError::NoUser(_)) => Err(AppError::Unprocessable(e.to_string())),
+        Err(e @ (QueueError::NoUser(_) | QueueError::KeyReused)) => {
+            Err(AppError::Unprocessable(e.to_string()))
+        }
         Err(e @ QueueError::Blocked) => Err(AppError::Conflict(e.to_string())),
         Err(e @ QueueError::RateLimited { limit, retry_after }) => {
             ctx.app.metrics.rate_limited(limit);

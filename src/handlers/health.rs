@@ -26,9 +26,8 @@ pub async fn readyz(ctx: &Ctx) -> web::Result<Resp> {
     };
     // An open connection keeps working on a deleted or replaced file; the path is what
     // a restart (and a backup) would use.
-    let path = std::path::Path::new(&ctx.app.cfg.database);
-    if let Err(e) = std::fs::metadata(path) {
-        return Ok(unavailable("database", format!("{}: {e}", path.display())));
+    if let Err(e) = ctx.app.store.check_file().await {
+        return Ok(unavailable("database", e.to_string()));
     }
     if let Err(e) = ctx.app.store.ready().await {
         return Ok(unavailable("database", e.to_string()));

@@ -3,14 +3,23 @@
 //! sends exactly the same message (same Message-ID and Date).
 //!
 //! Header injection: the subject, file names and content types are refused when they
-//! hold control characters (CR and LF included); addresses are parsed by
+//! hold control characters (CR and LF included) or invisible format characters (bidi
+//! overrides that make `exe.pdf` look like `pdf.exe`, line separators); content types
+//! are `type/subtype` with at most a `charset`; addresses are parsed by
 //! `email_addr::normalise`, which accepts no quotes, comments, display names or lists;
 //! lettre encodes UTF-8 subjects (RFC 2047) and file names (RFC 2231) itself.
+//!
+//! SMTP smuggling: nothing reaches the wire with a bare CR or LF. Text and HTML line
+//! endings are normalised (CRLF, CR and LF all become one line break, which lettre
+//! writes as CRLF) and other control characters but tab are refused; attachments are
+//! always base64.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Attachment as MimeAttachment, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
+use lettre::message::{
+    Attachment as MimeAttachment, Body as MimeBody, Mailbox, MultiPart, SinglePart,
+};
 use lettre::Message;
 use sha2::{Digest, Sha256};
 
@@ -88,13 +97,35 @@ pub fn auto_submitted() -> HeaderValue {
     )
 }
 
+/// Invisible characters that change how text around them reads: bidi controls (an
+/// `exe` disguised as `pdf`), zero-width ones, line and paragraph separators.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}')
+}
+
 fn no_controls(what: &str, v: &str) -> Result<(), String> {
-    match v.chars().find(|c| c.is_control()) {
+    match v.chars().find(|c| c.is_control() || invisible(*c)) {
         Some(c) => Err(format!(
-            "{what} must not contain control characters (found U+{:04X})",
+            "{what} must not contain control or invisible format characters (found U+{:04X})",
             c as u32
         )),
         None => Ok(()),
+    }
+}
+
+/// Text or HTML with every line ending as one `\n` (lettre writes CRLF), so no bare CR
+/// or LF reaches the SMTP conversation; other control characters but tab are refused.
+pub fn body_text(what: &str, v: &str) -> Result<String, String> {
+    let v = v.replace("\r\n", "\n").replace('\r', "\n");
+    match v.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
+        Some(c) => Err(format!(
+            "{what} must not contain control characters other than line breaks and tabs (found U+{:04X})",
+            c as u32
+        )),
+        None => Ok(v),
     }
 }
 
@@ -113,9 +144,8 @@ pub fn check(d: &Draft, max_bytes: usize) -> Result<(), String> {
     if text.is_empty() && html.is_empty() {
         return Err("text or html is required".into());
     }
-    if text.contains('\0') || html.contains('\0') {
-        return Err("text and html must not contain NUL characters".into());
-    }
+    body_text("text", text)?;
+    body_text("html", html)?;
     if d.attachments.len() > MAX_ATTACHMENTS {
         return Err(format!("at most {MAX_ATTACHMENTS} attachments"));
     }
@@ -144,28 +174,46 @@ pub fn check(d: &Draft, max_bytes: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// `type/subtype`, optionally `; charset=NAME`: nothing else, so the header stays short,
+/// ASCII and unfolded.
 fn content_type(s: &str) -> Result<ContentType, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("is required (e.g. application/pdf)".into());
     }
     no_controls("it", s)?;
-    let (main, sub) = s
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .split_once('/')
-        .ok_or_else(|| format!("`{s}` is not a media type like application/pdf"))?;
+    let bad =
+        || format!("`{s}` is not a media type like application/pdf or text/plain; charset=utf-8");
     let token = |t: &str| {
-        !t.trim().is_empty()
-            && t.trim()
-                .bytes()
+        !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
+    let mut parts = s.split(';');
+    let (main, sub) = parts
+        .next()
+        .unwrap_or("")
+        .trim()
+        .split_once('/')
+        .ok_or_else(bad)?;
     if !token(main) || !token(sub) || main.eq_ignore_ascii_case("multipart") {
-        return Err(format!("`{s}` is not a media type like application/pdf"));
+        return Err(bad());
     }
-    ContentType::parse(s).map_err(|e| format!("`{s}`: {e}"))
+    let mut out = format!("{main}/{sub}");
+    match (parts.next(), parts.next()) {
+        (None, _) => {}
+        (Some(p), None) => {
+            let (k, v) = p.trim().split_once('=').ok_or_else(bad)?;
+            let v = v.trim().trim_matches('"');
+            if !k.trim().eq_ignore_ascii_case("charset") || !token(v) {
+                return Err(bad());
+            }
+            out.push_str(&format!("; charset={v}"));
+        }
+        _ => return Err(bad()),
+    }
+    ContentType::parse(&out).map_err(|e| format!("`{s}`: {e}"))
 }
 
 /// Build the message (call `check` first). `unique` makes the Message-ID.
@@ -198,9 +246,19 @@ pub fn compose(
         One(SinglePart),
         Alt(MultiPart),
     }
+    let text = d
+        .text
+        .as_deref()
+        .map(|t| body_text("text", t))
+        .transpose()?;
+    let html = d
+        .html
+        .as_deref()
+        .map(|h| body_text("html", h))
+        .transpose()?;
     let body = match (
-        d.text.as_deref().filter(|t| !t.is_empty()),
-        d.html.as_deref().filter(|h| !h.is_empty()),
+        text.as_deref().filter(|t| !t.is_empty()),
+        html.as_deref().filter(|h| !h.is_empty()),
     ) {
         (Some(t), Some(h)) => Body::Alt(MultiPart::alternative_plain_html(
             t.to_string(),
@@ -222,9 +280,12 @@ pub fn compose(
         };
         for a in &d.attachments {
             let ct = content_type(&a.content_type)?;
-            mixed = mixed.singlepart(
-                MimeAttachment::new(a.filename.trim().to_string()).body(a.content.clone(), ct),
-            );
+            // Always base64: attachment bytes never reach the wire as lines of their own.
+            let body =
+                MimeBody::new_with_encoding(a.content.clone(), ContentTransferEncoding::Base64)
+                    .map_err(|_| "encoding an attachment".to_string())?;
+            mixed =
+                mixed.singlepart(MimeAttachment::new(a.filename.trim().to_string()).body(body, ct));
         }
         b.multipart(mixed)
     }
@@ -283,7 +344,15 @@ mod tests {
             ..draft()
         };
         assert!(check(&d, 1 << 20).is_err());
-        for ct in ["text/plain\r\nX: y", "multipart/mixed", "nonsense", ""] {
+        for ct in [
+            "text/plain\r\nX: y",
+            "multipart/mixed",
+            "nonsense",
+            "",
+            "text/plain; name=\"üü\"",
+            "text/plain; x=\"aaaa\"",
+            "text/plain; charset=utf-8; boundary=x",
+        ] {
             let d = Draft {
                 attachments: vec![Attachment {
                     filename: "a.txt".into(),
@@ -293,6 +362,54 @@ mod tests {
                 ..draft()
             };
             assert!(check(&d, 1 << 20).is_err(), "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn no_bare_cr_or_lf_and_no_disguised_names() {
+        let d = Draft {
+            text: Some("a\r.\r\nMAIL FROM:<x@y>\n.\nend".into()),
+            attachments: vec![Attachment {
+                filename: "notes.csv".into(),
+                content_type: "text/csv".into(),
+                content: b"a\n.\nMAIL FROM:<ceo@bank.example>\r\n".to_vec(),
+            }],
+            ..draft()
+        };
+        check(&d, 1 << 20).unwrap();
+        let m = compose(&cfg(), &d, UNIX_EPOCH, &[1; 16]).unwrap();
+        let raw = m.raw;
+        for (i, b) in raw.iter().enumerate() {
+            if *b == b'\n' {
+                assert_eq!(raw[i - 1], b'\r', "bare LF at {i}");
+            }
+            if *b == b'\r' {
+                assert_eq!(raw[i + 1], b'\n', "bare CR at {i}");
+            }
+        }
+        let text = String::from_utf8(raw).unwrap();
+        assert!(!text.contains("MAIL FROM:<ceo"), "the attachment is base64");
+        for bad in ["a\u{7}b", "a\u{0}b"] {
+            let d = Draft {
+                text: Some(bad.into()),
+                ..draft()
+            };
+            assert!(check(&d, 1 << 20).is_err(), "{bad:?}");
+        }
+        for name in [
+            "invoice\u{202E}fdp.exe",
+            "a\u{2028}b.txt",
+            "zero\u{200B}width.pdf",
+        ] {
+            let d = Draft {
+                attachments: vec![Attachment {
+                    filename: name.into(),
+                    content_type: "application/pdf".into(),
+                    content: b"x".to_vec(),
+                }],
+                ..draft()
+            };
+            assert!(check(&d, 1 << 20).is_err(), "{name:?}");
         }
     }
 

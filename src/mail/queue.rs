@@ -31,6 +31,11 @@ pub enum QueueError {
     /// The recipient is blocked (409).
     #[error("the user is blocked: no mail is sent to blocked users")]
     Blocked,
+    /// The Idempotency-Key was used for a different request (422).
+    #[error(
+        "this Idempotency-Key was used for a different request; use a new key for a new message"
+    )]
+    KeyReused,
     /// Over a ceiling (429); `limit` names the `[limits]` key.
     #[error("too many messages {} (limits.{limit}); try again in {retry_after} s", if *.limit == "api_email_per_recipient" { "for this recipient" } else { "overall" })]
     RateLimited {
@@ -48,8 +53,9 @@ pub async fn queue(
     store: &Store,
     to: To,
     mut draft: Draft,
-    idempotency_key: Option<String>,
+    idempotency: Option<(String, Vec<u8>)>,
 ) -> Result<(Queued, Option<String>), QueueError> {
+    let (idempotency_key, request_hash) = idempotency.unzip();
     let (recipient, user_id, create) = match to {
         To::UserId(id) => match store.user_by_id(id).await? {
             None => return Err(QueueError::NoUser(format!("no user with id {id}"))),
@@ -87,6 +93,7 @@ pub async fn queue(
             message_id: composed.message_id,
             raw: composed.raw,
             idempotency_key,
+            request_hash,
             now: created,
             deadline: created + cfg.email.max_age.secs(),
             per_recipient: cfg.limits.api_email_per_recipient,
@@ -99,6 +106,7 @@ pub async fn queue(
             Ok((q, created))
         }
         Err(ApiMailRefusal::Blocked) => Err(QueueError::Blocked),
+        Err(ApiMailRefusal::KeyReused) => Err(QueueError::KeyReused),
         Err(ApiMailRefusal::NoUser) => Err(QueueError::NoUser(format!(
             "no user {recipient} (removed meanwhile?)"
         ))),

@@ -159,6 +159,11 @@ const STEPS: &[&str] = &[
     CREATE INDEX outbox_api_created ON outbox(created_at) WHERE kind = 'api';
     ALTER TABLE users ADD COLUMN api_created INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 8: the SHA-256 of the request that used an Idempotency-Key, so the key cannot
+    // replay another request's answer.
+    r#"
+    ALTER TABLE outbox ADD COLUMN request_hash BLOB;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

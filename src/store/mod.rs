@@ -33,6 +33,9 @@ pub enum StoreError {
     Busy,
     #[error("database error: {0}")]
     Db(String),
+    /// The database cannot be used right now (file gone, revocations unreadable).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -70,6 +73,9 @@ pub struct Store {
     /// milliseconds; queueing on a mutex instead costs microseconds.
     writer: Arc<Mutex<()>>,
     sign_ins: std::sync::mpsc::Sender<SignInJob>,
+    /// The database file, and its `(device, inode)` when opened (see `check_file`).
+    path: Arc<Path>,
+    file: Option<(u64, u64)>,
 }
 
 /// A session found by its token hash.
@@ -226,29 +232,49 @@ pub struct NewSignIn {
 
 type Conn = PooledConnection<SqliteConnectionManager>;
 
+/// `(device, inode)` of the file at `path`, or why it cannot be seen.
+fn file_id(path: &Path) -> std::result::Result<Option<(u64, u64)>, std::io::Error> {
+    let m = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Some((m.dev(), m.ino())))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        Ok(None)
+    }
+}
+
+/// Switch to WAL, migrate, and open a pool on the file at `path`.
+fn open_pool(path: &Path, busy_timeout: Duration) -> Result<Pool<SqliteConnectionManager>> {
+    // Switch to WAL (a persistent setting) and migrate on one connection first, so
+    // pool connections opening in parallel never race for that exclusive lock.
+    {
+        let mut c = Connection::open(path)?;
+        c.busy_timeout(busy_timeout)?;
+        c.pragma_update(None, "journal_mode", "WAL")?;
+        migrations::run(&mut c)?;
+    }
+    let manager = SqliteConnectionManager::file(path).with_init(move |c| {
+        c.busy_timeout(busy_timeout)?;
+        c.execute_batch(
+            "PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;",
+        )
+    });
+    Ok(Pool::builder()
+        .max_size(8)
+        .min_idle(Some(1))
+        .connection_timeout(Duration::from_secs(5))
+        .build(manager)?)
+}
+
 impl Store {
     /// Open (creating if needed) and migrate the database file.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store> {
-        // Switch to WAL (a persistent setting) and migrate on one connection first, so
-        // pool connections opening in parallel never race for that exclusive lock.
-        {
-            let mut c = Connection::open(path)?;
-            c.busy_timeout(busy_timeout)?;
-            c.pragma_update(None, "journal_mode", "WAL")?;
-            migrations::run(&mut c)?;
-        }
-        let manager = SqliteConnectionManager::file(path).with_init(move |c| {
-            c.busy_timeout(busy_timeout)?;
-            c.execute_batch(
-                "PRAGMA synchronous = NORMAL;
-                 PRAGMA foreign_keys = ON;",
-            )
-        });
-        let pool = Pool::builder()
-            .max_size(8)
-            .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(5))
-            .build(manager)?;
+        let pool = open_pool(path, busy_timeout)?;
         let writer = Arc::new(Mutex::new(()));
         let (sign_ins, jobs) = std::sync::mpsc::channel();
         {
@@ -262,7 +288,32 @@ impl Store {
             pool,
             writer,
             sign_ins,
+            path: Arc::from(path),
+            file: file_id(path).ok().flatten(),
         })
+    }
+
+    /// Is the database file still the one the pool reads? Open connections go on
+    /// reading a file that was deleted or moved away, so callers must ask: missing, or
+    /// replaced by another file, is `Unavailable` (fail closed). A replaced file is not
+    /// reopened while running: its old `-wal` would be applied to the new file, so a
+    /// restore means stopping authbase, replacing the file and removing the `-wal` and
+    /// `-shm` files, and starting it again. The same file back again is fine.
+    pub async fn check_file(&self) -> Result<()> {
+        let (path, known) = (self.path.clone(), self.file);
+        tokio::task::spawn_blocking(move || match file_id(&path) {
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "database file {} is not there: {e}",
+                path.display()
+            ))),
+            Ok(id) if id != known => Err(StoreError::Unavailable(format!(
+                "database file {} was replaced by another file while authbase runs; restart authbase",
+                path.display()
+            ))),
+            Ok(_) => Ok(()),
+        })
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
     }
 
     /// Run blocking database work off the async executor.
@@ -900,6 +951,7 @@ fn sign_in_writer(
                     let _ = reply.send(Err(match &e {
                         StoreError::Busy => StoreError::Busy,
                         StoreError::Db(m) => StoreError::Db(m.clone()),
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
                     }));
                 }
             }

@@ -44,6 +44,8 @@ pub struct OutboxItem {
     /// API mail: the message as composed when accepted, and its envelope sender.
     pub raw: Option<Vec<u8>>,
     pub sender: Option<String>,
+    /// API mail to a user who has since been blocked or removed: why it must not go.
+    pub refused: Option<String>,
     /// For sign-in mail: its request, read in the same query.
     pub request: Option<RequestInfo>,
 }
@@ -69,6 +71,8 @@ pub struct NewApiMail {
     pub message_id: String,
     pub raw: Vec<u8>,
     pub idempotency_key: Option<String>,
+    /// SHA-256 of the request that carried the key.
+    pub request_hash: Option<Vec<u8>>,
     pub now: i64,
     pub deadline: i64,
     pub per_recipient: Rate,
@@ -98,6 +102,8 @@ pub enum ApiMailRefusal {
     Blocked,
     /// No such user (and `create_user` was not asked).
     NoUser,
+    /// The Idempotency-Key was used before for a different request.
+    KeyReused,
 }
 
 /// A message as `outbox list` and `GET /api/email/{id}` show it (no body).
@@ -134,7 +140,8 @@ pub struct MailFilter {
 const ROW_COLUMNS: &str = "o.id, o.kind,
     CASE WHEN o.state = 'queued' AND o.claimed_by IS NOT NULL THEN 'sending' ELSE o.state END,
     o.recipient, o.user_id, o.subject, o.attempts, o.last_error, o.created_at,
-    CASE WHEN o.state = 'queued' THEN o.next_attempt_at END, o.sent_at, o.message_id";
+    CASE WHEN o.state = 'queued' AND o.claimed_by IS NULL THEN o.next_attempt_at END,
+    o.sent_at, o.message_id";
 
 fn mail_row(r: &rusqlite::Row) -> rusqlite::Result<MailRow> {
     Ok(MailRow {
@@ -208,19 +215,29 @@ fn over_rate(c: &Connection, rate: Rate, recipient: Option<&str>, now: i64) -> R
     Ok(Some((oldest + window.as_secs() as i64 - now).max(1)))
 }
 
-fn queued_by_key(c: &Connection, key: &str) -> Result<Option<Queued>> {
-    Ok(
-        c.prepare_cached("SELECT id, message_id, user_id FROM outbox WHERE idempotency_key = ?1")?
-            .query_row(params![key], |r| {
-                Ok(Queued {
-                    id: r.get(0)?,
-                    message_id: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    user_id: r.get(2)?,
-                    replayed: true,
-                })
-            })
-            .optional()?,
-    )
+/// The message queued with this key, if the same request (by hash) queued it; a
+/// different request with the key is `KeyReused`.
+fn queued_by_key(
+    c: &Connection,
+    key: &str,
+    request_hash: Option<&[u8]>,
+) -> Result<Option<std::result::Result<Queued, ApiMailRefusal>>> {
+    Ok(c.prepare_cached(
+        "SELECT id, message_id, user_id, request_hash FROM outbox WHERE idempotency_key = ?1",
+    )?
+    .query_row(params![key], |r| {
+        let stored: Option<Vec<u8>> = r.get(3)?;
+        if stored.as_deref() != request_hash {
+            return Ok(Err(ApiMailRefusal::KeyReused));
+        }
+        Ok(Ok(Queued {
+            id: r.get(0)?,
+            message_id: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            user_id: r.get(2)?,
+            replayed: true,
+        }))
+    })
+    .optional()?)
 }
 
 impl Store {
@@ -241,9 +258,15 @@ impl Store {
         self.run(move |c| super::users::find_user(c, &email)).await
     }
 
-    /// The message an earlier request with this Idempotency-Key queued.
-    pub async fn mail_by_idempotency_key(&self, key: String) -> Result<Option<Queued>> {
-        self.run(move |c| queued_by_key(c, &key)).await
+    /// The message an earlier request with this Idempotency-Key queued, if it was the
+    /// same request (`request_hash`); `KeyReused` if it was another one.
+    pub async fn mail_by_idempotency_key(
+        &self,
+        key: String,
+        request_hash: Vec<u8>,
+    ) -> Result<Option<std::result::Result<Queued, ApiMailRefusal>>> {
+        self.run(move |c| queued_by_key(c, &key, Some(&request_hash)))
+            .await
     }
 
     /// Queue an API message: rate ceilings, the recipient's status and the insert in one
@@ -255,8 +278,8 @@ impl Store {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(key) = &m.idempotency_key {
-                if let Some(q) = queued_by_key(&tx, key)? {
-                    return Ok(Ok(q));
+                if let Some(q) = queued_by_key(&tx, key, m.request_hash.as_deref())? {
+                    return Ok(q);
                 }
             }
             if let Some(retry_after) = over_rate(&tx, m.global, None, m.now)? {
@@ -290,8 +313,9 @@ impl Store {
             };
             tx.prepare_cached(
                 "INSERT INTO outbox (kind, recipient, subject, next_attempt_at, created_at, raw,
-                                     sender, message_id, user_id, deadline, idempotency_key)
-                 VALUES ('api', ?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                     sender, message_id, user_id, deadline, idempotency_key,
+                                     request_hash)
+                 VALUES ('api', ?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 &m.recipient,
@@ -302,7 +326,8 @@ impl Store {
                 &m.message_id,
                 user_id,
                 m.deadline,
-                &m.idempotency_key
+                &m.idempotency_key,
+                &m.request_hash
             ])?;
             let id = tx.last_insert_rowid();
             tx.commit()?;
@@ -373,7 +398,8 @@ impl Store {
                     MailOutcome::Sent => tx
                         .prepare_cached(
                             "UPDATE outbox SET state = 'sent', sent_at = ?2, claimed_by = NULL,
-                                    attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+                                    attempts = attempts + 1, last_error = NULL, raw = NULL
+                              WHERE id = ?1",
                         )?
                         .execute(params![id, now])?,
                     MailOutcome::Retry { error, at } => tx
@@ -461,7 +487,10 @@ impl Store {
             let ids: Vec<i64> = {
                 let sql = format!(
                     "SELECT o.id FROM outbox o WHERE {clause} AND o.state IN ('failed', 'queued')
-                       AND o.claimed_by IS NULL ORDER BY o.id"
+                       AND o.claimed_by IS NULL AND o.kind = 'api' AND o.raw IS NOT NULL
+                       AND (o.user_id IS NULL OR EXISTS
+                            (SELECT 1 FROM users u WHERE u.id = o.user_id AND u.blocked = 0))
+                     ORDER BY o.id"
                 );
                 let mut st = tx.prepare(&sql)?;
                 let rows = st
@@ -501,10 +530,14 @@ fn read_item(c: &Connection, id: i64) -> Result<OutboxItem> {
     let mut st = c.prepare_cached(
         "SELECT o.id, o.kind, o.recipient, o.attempts, o.created_at, o.deadline, o.raw, o.sender,
                 r.id, u.email, r.salt, r.link_hash, r.state, r.match_number,
-                r.return_to, r.ip, r.user_agent, r.created_at, r.expires_at, r.silent
+                r.return_to, r.ip, r.user_agent, r.created_at, r.expires_at, r.silent,
+                CASE WHEN o.user_id IS NULL THEN NULL
+                     WHEN a.id IS NULL THEN 'the user was removed'
+                     WHEN a.blocked THEN 'the user is blocked' END
            FROM outbox o
            LEFT JOIN sign_in_requests r ON r.id = o.request_id
            LEFT JOIN users u ON u.id = r.user_id
+           LEFT JOIN users a ON a.id = o.user_id
           WHERE o.id = ?1",
     )?;
     Ok(st.query_row(params![id], |r| {
@@ -534,6 +567,7 @@ fn read_item(c: &Connection, id: i64) -> Result<OutboxItem> {
             deadline: r.get(5)?,
             raw: r.get(6)?,
             sender: r.get(7)?,
+            refused: r.get(20)?,
             request,
         })
     })?)
