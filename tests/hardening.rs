@@ -182,7 +182,17 @@ async fn odd_cookies_never_yield_2xx() {
             assert!(r.headers().get("x-user-id").is_none());
         }
     }
-    // The good cookie alone still works: nothing above harmed it.
+    // The good cookie alone still works: nothing above harmed it, and neither does a
+    // GET of /sign_out (a link or an image can make a browser send one).
+    let r = send(
+        &ab.addr,
+        Method::GET,
+        "/sign_out",
+        &[("cookie", &good)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 405);
     let r = verify(&ab.addr, "http://app.test.localhost/", &[("cookie", &good)]).await;
     assert_eq!(r.status, 200);
 }
