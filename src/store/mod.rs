@@ -76,6 +76,9 @@ pub struct Store {
     /// The database file, and its `(device, inode)` when opened (see `check_file`).
     path: Arc<Path>,
     file: Option<(u64, u64)>,
+    /// The connection `revocations_since` reads the log on (opened on first use).
+    follower: Arc<Mutex<Option<Connection>>>,
+    busy_timeout: Duration,
 }
 
 /// A session found by its token hash.
@@ -290,6 +293,8 @@ impl Store {
             sign_ins,
             path: Arc::from(path),
             file: file_id(path).ok().flatten(),
+            follower: Arc::new(Mutex::new(None)),
+            busy_timeout,
         })
     }
 
@@ -541,8 +546,21 @@ impl Store {
 
     /// Revocations after `seq`: `(seq, user_id, keys)`; `user_id` `None` meaning every
     /// session; `keys` true for a signing-key change (reload the keys, evict nothing).
+    ///
+    /// On a connection of its own, outside the pool: under a flood of `/verify` cache
+    /// misses the pool's connections are all busy, and the server must keep following
+    /// the log (it stops answering sessions when it cannot; see `session::SYNC_GRACE`).
     pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Option<i64>, bool)>> {
-        self.run(move |c| {
+        let (conn, path) = (self.follower.clone(), self.path.clone());
+        let busy = self.busy_timeout;
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                let c = Connection::open(&*path)?;
+                c.busy_timeout(busy)?;
+                *guard = Some(c);
+            }
+            let c = guard.as_mut().expect("opened above");
             let mut st = c.prepare_cached(
                 "SELECT seq, user_id, kind = 'keys' FROM revocations WHERE seq > ?1 ORDER BY seq",
             )?;
@@ -552,6 +570,7 @@ impl Store {
             Ok(rows)
         })
         .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
     }
 
     /// Confirmed, live sessions, newest first, optionally of one address.
