@@ -422,8 +422,9 @@ pub fn set_cookie(r: &mut Resp, v: HeaderValue) {
 }
 
 /// Headers every response carries. Pages here carry or follow secrets, so nothing is
-/// cached and no referrer leaks a link.
-pub fn security_headers(r: &mut Resp) {
+/// cached and no referrer leaks a link. HTML gets `csp` (built from `[branding]`, see
+/// `branding`) unless the handler set a policy of its own.
+pub fn security_headers(r: &mut Resp, csp: &HeaderValue) {
     let h = r.headers_mut();
     h.insert(
         "x-content-type-options",
@@ -437,13 +438,7 @@ pub fn security_headers(r: &mut Resp) {
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     if is_html && !h.contains_key("content-security-policy") {
-        h.insert(
-            "content-security-policy",
-            HeaderValue::from_static(
-                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                 connect-src 'self'; base-uri 'none'; frame-ancestors 'none'",
-            ),
-        );
+        h.insert("content-security-policy", csp.clone());
     }
 }
 
