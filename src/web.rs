@@ -422,8 +422,12 @@ pub fn set_cookie(r: &mut Resp, v: HeaderValue) {
 }
 
 /// Headers every response carries. Pages here carry or follow secrets, so nothing is
-/// cached and no referrer leaks a link. HTML gets `csp` (built from `[branding]`, see
-/// `branding`) unless the handler set a policy of its own.
+/// cached and no referrer leaks a link: `strict-origin` sends our origin and never a
+/// path. (Not `no-referrer`: under it browsers send `Origin: null` with form posts, and
+/// without `Sec-Fetch-Site` — plain http on a real host name — `check_origin` could not
+/// tell our own forms from another site's, nor the 403 page's sign-out on the app host.)
+/// HTML gets `csp` (built from `[branding]`, see `branding`) unless the handler set a
+/// policy of its own.
 pub fn security_headers(r: &mut Resp, csp: &HeaderValue) {
     let h = r.headers_mut();
     h.insert(
@@ -431,7 +435,7 @@ pub fn security_headers(r: &mut Resp, csp: &HeaderValue) {
         HeaderValue::from_static("nosniff"),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("referrer-policy", HeaderValue::from_static("strict-origin"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     let is_html = h

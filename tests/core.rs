@@ -123,7 +123,7 @@ async fn other_browser_get_and_head_change_nothing() {
         assert!(r.body.contains("bob@example.com"));
         assert!(r.body.contains("Firefox on Linux"), "shows who asked");
         assert_eq!(r.header("cache-control"), Some("no-store"));
-        assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(r.header("referrer-policy"), Some("strict-origin"));
         assert!(scanner.cookies.is_empty(), "a GET sets no session");
         let h = scanner
             .request(Method::HEAD, &mail.link_path(), &[], Bytes::new())
