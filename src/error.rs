@@ -70,6 +70,9 @@ impl AppError {
             AppError::CrossSite => {
                 "This request came from another site and was refused. Start again from the sign-in page.".into()
             }
+            AppError::Busy | AppError::Timeout => {
+                "This is taking longer than it should. Please try again in a moment.".into()
+            }
             other => {
                 let mut s = other.to_string();
                 if let Some(c) = s.get_mut(0..1) {

@@ -243,6 +243,11 @@ async fn e2e(s: &Stack, scenario: &str) -> serde_json::Value {
         .env("CDN_PORT", s.app.port.to_string())
         .env("MAIL_DIR", &s.smtp.dir)
         .env("README", repo().join("README.md"))
+        // AUTHBASE_TEST_SCREENSHOTS=DIR: a picture of every page checked, per theme.
+        .env(
+            "SCREENSHOTS",
+            std::env::var_os("AUTHBASE_TEST_SCREENSHOTS").unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -6,7 +6,8 @@
 // Environment: NODE_MODULES (where playwright-core and axe-core are installed), CHROMIUM,
 // AUTH and APP (the portal and the protected app, through nginx), CDN_PORT (the test
 // app's own port, serving /brand/… under any name), MAIL_DIR (the SMTP sink's folder),
-// README (for the JavaScript snippets it shows).
+// README (for the JavaScript snippets it shows); optionally SCREENSHOTS, a folder for a
+// picture of every page checked.
 //
 // Prints one JSON report on stdout: {ok, flows: {name: {ok, error?, …}}, axe: {page:
 // {light: [violations], dark: [violations]}}, console: [unexpected messages]}; progress
@@ -31,6 +32,8 @@ const APP = env("APP");
 const CDN_PORT = env("CDN_PORT");
 const MAIL_DIR = env("MAIL_DIR");
 const APP_NAME = "Browser Test App";
+// A folder to save a screenshot of every checked page in, per theme (optional).
+const SCREENSHOTS = process.env.SCREENSHOTS || "";
 const AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"];
 // The stylesheet's page background, per theme: proof that it loaded under the page's CSP.
 const BACKGROUND = { light: "rgb(243, 244, 246)", dark: "rgb(18, 18, 20)" };
@@ -189,6 +192,7 @@ async function checkPage(page, name, title) {
     await page.emulateMedia({ colorScheme: scheme });
     const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
     expect(bg === BACKGROUND[scheme], `${name} (${scheme}): the stylesheet applies (background ${bg})`);
+    if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, `${name}-${scheme}.png`), fullPage: true });
     report.axe[name][scheme] = await axe(page);
     log(`axe ${name} (${scheme}): ${report.axe[name][scheme].length} violation(s)`);
   }
@@ -324,6 +328,13 @@ async function flows(browser) {
     await k.keyboard.type(mail.code);
     await navigate(k, () => k.keyboard.press("Enter"));
     expect(k.url() === `${APP}/`, `signed in by keyboard alone, landing on redirect_url (${k.url()})`);
+    // Signing out from the portal's "signed in" page.
+    await k.goto(`${AUTH}/`);
+    expect((await k.title()).startsWith("Signed in"), `the portal says so (${await k.title()})`);
+    await navigate(k, () => k.click("button:has-text('Sign out')"));
+    expect((await k.title()).startsWith("Signed out"), `signed out (${await k.title()})`);
+    await k.goto(`${APP}/`);
+    expect(onPortal(k), "and the app sends to sign in again");
     await k.context().close();
   });
 
@@ -352,8 +363,11 @@ async function flows(browser) {
   });
 
   await flow("sign_out", async () => {
-    await a.goto(`${AUTH}/`);
+    // From the 403 page, on the app's host: a form posting to the portal.
+    const r = await a.goto(`${APP}/admin/panel`);
+    expect(r.status() === 403, "the 403 page again");
     await navigate(a, () => a.click("button:has-text('Sign out')"));
+    expect(a.url() === `${AUTH}/sign_out`, `the portal answers the sign-out (${a.url()})`);
     await checkPage(a, "signed_out", "Signed out");
     await a.goto(target);
     expect(onPortal(a), `signed out on the app too: sent to sign in (at ${a.url()})`);
@@ -483,6 +497,7 @@ async function flows(browser) {
     expect(size >= 28, `the code stands out (${size}px)`);
     expect(/requested .* UTC from Chrome/.test(text), "who asked and when");
     expect(text.includes("Wasn't you?"), "what to do if it wasn't you");
+    if (SCREENSHOTS) await e.screenshot({ path: path.join(SCREENSHOTS, "email-light.png"), fullPage: true });
     report.axe.email = { light: await axe(e) };
     await ctx.close();
   });
