@@ -237,13 +237,22 @@ impl Store {
             c.pragma_update(None, "journal_mode", "WAL")?;
             migrations::run(&mut c)?;
         }
-        let manager = SqliteConnectionManager::file(path).with_init(move |c| {
-            c.busy_timeout(busy_timeout)?;
-            c.execute_batch(
-                "PRAGMA synchronous = NORMAL;
-                 PRAGMA foreign_keys = ON;",
+        // Pool connections open the file that now exists, never create one: a connection
+        // opened while the file is missing (moved, deleted) must fail (and /readyz say
+        // so), not start an empty database that the pool then keeps handing out.
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_URI
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-        });
+            .with_init(move |c| {
+                c.busy_timeout(busy_timeout)?;
+                c.execute_batch(
+                    "PRAGMA synchronous = NORMAL;
+                 PRAGMA foreign_keys = ON;",
+                )
+            });
         let pool = Pool::builder()
             .max_size(8)
             .min_idle(Some(1))
