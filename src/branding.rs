@@ -180,7 +180,7 @@ impl Accent {
 }
 
 /// `[branding]`, compiled.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Branding {
     /// The logo as pages on authbase's host use it, and as pages on other hosts (the 403
     /// page is shown on the app's host) use it.
@@ -197,6 +197,21 @@ pub struct Branding {
     pub csp: HeaderValue,
     /// The Content-Security-Policy of authbase's pages shown on other hosts.
     pub csp_elsewhere: HeaderValue,
+}
+
+/// Without the stylesheet itself (its version names it).
+impl std::fmt::Debug for Branding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Branding")
+            .field("logo", &self.logo)
+            .field("stylesheet", &self.stylesheet)
+            .field("light", &self.light)
+            .field("dark", &self.dark)
+            .field("css_version", &self.css_version)
+            .field("csp", &self.csp)
+            .field("csp_elsewhere", &self.csp_elsewhere)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Branding {
