@@ -38,6 +38,11 @@ impl App {
         &self.cfg.webapp_name
     }
 
+    /// Name and branding around every page on authbase's host.
+    pub fn frame(&self) -> crate::pages::Frame<'_> {
+        crate::pages::Frame::new(&self.cfg)
+    }
+
     /// Where to go after sign-in: the validated return URL, else `redirect_url`.
     pub fn landing<'a>(&'a self, return_to: Option<&'a str>) -> &'a str {
         return_to.unwrap_or(&self.cfg.redirect_url)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::branding::BrandingConfig;
 use crate::net::IpNet;
 
 mod effective;
@@ -119,6 +120,7 @@ pub struct Config {
     pub secret_key_file: String,
     pub trusted_proxies: Vec<String>,
     pub allowed_redirect_hosts: Vec<String>,
+    pub branding: BrandingConfig,
     pub cookie: CookieConfig,
     pub session: SessionConfig,
     pub email: EmailConfig,
@@ -157,6 +159,8 @@ pub struct Derived {
     pub api_token_hash: Option<crate::secrets::Hash>,
     /// `api.listen`, parsed; `None`: `/api/` is served on `listen`.
     pub api_listen: Option<SocketAddr>,
+    /// `[branding]`, compiled: the served stylesheet, logo, CSP.
+    pub branding: crate::branding::Branding,
     /// Keys set from `AUTHBASE_*` environment variables, in declaration order.
     pub env: Vec<EnvOverride>,
     /// Per secret (`email.smtp_password`, …): where its value came from, if it is set.
@@ -185,6 +189,7 @@ impl fmt::Debug for Derived {
                 &self.api_token_hash.as_ref().map(|_| "(redacted)"),
             )
             .field("api_listen", &self.api_listen)
+            .field("branding", &self.branding)
             .field("env", &self.env)
             .field("secrets", &self.secrets)
             .field("env_warnings", &self.env_warnings)
@@ -488,6 +493,7 @@ impl Default for Config {
             secret_key_file: "authbase.key".into(),
             trusted_proxies: vec![],
             allowed_redirect_hosts: vec![],
+            branding: BrandingConfig::default(),
             cookie: CookieConfig::default(),
             session: SessionConfig::default(),
             email: EmailConfig::default(),
@@ -770,6 +776,11 @@ impl Config {
                 "is true but public_url is not https: browsers would never send the cookie",
             ));
         }
+        self.derived.branding = crate::branding::Branding::compile(
+            &self.branding,
+            &self.derived.public_base,
+            &self.derived.public_origin,
+        )?;
         self.derived.public_url = Some(public);
 
         // Session.

@@ -79,6 +79,9 @@ impl AppError {
             AppError::CrossSite => {
                 "This request came from another site and was refused. Start again from the sign-in page.".into()
             }
+            AppError::Busy | AppError::Timeout => {
+                "This is taking longer than it should. Please try again in a moment.".into()
+            }
             other => {
                 let mut s = other.to_string();
                 // Field names (`reply_to`, `attachments[0].filename`) keep their spelling.

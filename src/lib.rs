@@ -10,6 +10,7 @@ pub mod app;
 pub mod assertion;
 pub mod audit;
 pub mod batch;
+pub mod branding;
 pub mod config;
 pub mod email_addr;
 pub mod error;

@@ -340,6 +340,7 @@ impl Mailer {
         let html = render(
             pages::SignInHtml {
                 app_name: app,
+                accent: &self.cfg.derived.branding.light,
                 email: &req.email,
                 link: &link,
                 code: &code,

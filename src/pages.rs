@@ -1,33 +1,98 @@
-//! Page and email templates (askama), the static assets they use, and the small
-//! formatting helpers they need.
+//! Page and email templates (askama), the script the waiting page uses, and the small
+//! formatting helpers they need. (The stylesheet is compiled with the theme: `branding`.)
 
 use askama::Template;
 use hyper::StatusCode;
 
+use crate::branding::Branding;
+use crate::config::Config;
 use crate::web::{self, Resp};
 
+/// What every page shows around its content: the app's name and [branding], and where
+/// authbase's own URLs are.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    pub app_name: &'a str,
+    pub brand: &'a Branding,
+    /// `""` on authbase's host; `public_url` on a page shown on another host (the 403
+    /// page on the app's host), so its links and assets still reach authbase.
+    pub base: &'a str,
+}
+
+impl<'a> Frame<'a> {
+    pub fn new(cfg: &'a Config) -> Frame<'a> {
+        Frame {
+            app_name: &cfg.webapp_name,
+            brand: &cfg.derived.branding,
+            base: "",
+        }
+    }
+
+    /// The same frame for a page served on another host.
+    pub fn elsewhere(cfg: &'a Config) -> Frame<'a> {
+        Frame {
+            base: cfg.public_base(),
+            ..Frame::new(cfg)
+        }
+    }
+
+    pub fn logo(&self) -> Option<&'a str> {
+        self.pick(self.brand.logo.as_ref())
+    }
+
+    pub fn stylesheet(&self) -> Option<&'a str> {
+        self.pick(self.brand.stylesheet.as_ref())
+    }
+
+    fn pick(&self, v: Option<&'a (String, String)>) -> Option<&'a str> {
+        v.map(|(here, elsewhere)| {
+            if self.base.is_empty() {
+                here.as_str()
+            } else {
+                elsewhere.as_str()
+            }
+        })
+    }
+}
+
+/// `GET /`: the sign-in form.
 #[derive(Template)]
 #[template(path = "index.html")]
 pub struct Index<'a> {
-    pub app_name: &'a str,
+    pub frame: Frame<'a>,
     pub email: &'a str,
     pub rd: Option<&'a str>,
     pub error: Option<&'a str>,
 }
 
+/// `GET /` for a browser that is signed in already.
+#[derive(Template)]
+#[template(path = "signed_in.html")]
+pub struct SignedIn<'a> {
+    pub frame: Frame<'a>,
+    pub email: &'a str,
+    /// Where "Continue" goes, and its host as the button names it.
+    pub continue_to: &'a str,
+    pub continue_host: &'a str,
+    /// The sign-in form for another address (keeps the return URL).
+    pub switch_href: &'a str,
+}
+
+/// The waiting browser's page, after `POST /auth`.
 #[derive(Template)]
 #[template(path = "check_email.html")]
 pub struct CheckEmail<'a> {
-    pub app_name: &'a str,
+    pub frame: Frame<'a>,
     pub email: &'a str,
     pub match_number: &'a str,
     pub error: Option<&'a str>,
 }
 
+/// The link opened in a browser that did not ask: three choices.
 #[derive(Template)]
 #[template(path = "confirm.html")]
 pub struct Confirm<'a> {
-    pub app_name: &'a str,
+    pub frame: Frame<'a>,
     pub email: &'a str,
     pub requested_at: String,
     pub requester: String,
@@ -39,28 +104,29 @@ pub struct Confirm<'a> {
 #[derive(Template)]
 #[template(path = "forbidden.html")]
 pub struct Forbidden<'a> {
-    pub app_name: &'a str,
-    pub public_base: &'a str,
+    pub frame: Frame<'a>,
     pub host: &'a str,
     pub email: Option<&'a str>,
     pub sign_in: &'a str,
 }
 
+/// Every other page: signed out, a link that no longer works, rate limited, errors.
 #[derive(Template)]
 #[template(path = "message.html")]
 pub struct Message<'a> {
-    pub app_name: &'a str,
+    pub frame: Frame<'a>,
     pub title: &'a str,
     pub text: &'a str,
+    /// The id of a server error, also in the log.
     pub reference: Option<&'a str>,
     pub link_href: Option<&'a str>,
     pub link_label: &'a str,
 }
 
 impl<'a> Message<'a> {
-    pub fn new(app_name: &'a str, title: &'a str, text: &'a str) -> Self {
+    pub fn new(frame: Frame<'a>, title: &'a str, text: &'a str) -> Self {
         Message {
-            app_name,
+            frame,
             title,
             text,
             reference: None,
@@ -87,10 +153,13 @@ pub struct SignInText<'a> {
     pub requester: &'a str,
 }
 
+/// The HTML part of the sign-in email: no images, no remote anything, inline styles only.
 #[derive(Template)]
 #[template(path = "email_sign_in.html")]
 pub struct SignInHtml<'a> {
     pub app_name: &'a str,
+    /// `[branding]`'s accent as the light theme uses it (mail clients vary on dark).
+    pub accent: &'a crate::branding::Accent,
     pub email: &'a str,
     pub link: &'a str,
     pub code: &'a str,
@@ -107,7 +176,6 @@ pub fn render<T: Template>(status: StatusCode, t: &T) -> web::Result<Resp> {
     Ok(web::html(status, body))
 }
 
-pub const STYLE_CSS: &str = include_str!("../templates/static/style.css");
 pub const WAIT_JS: &str = include_str!("../templates/static/wait.js");
 
 /// `2026-11-28 09:14 UTC`, from Unix seconds.

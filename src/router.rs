@@ -56,8 +56,14 @@ async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 Box::pin(route_api_paths(ctx, req, &m)).await
             }
         }
-        "/static/style.css" if read => Ok(asset("text/css; charset=utf-8", pages::STYLE_CSS)),
-        "/static/wait.js" if read => Ok(asset("text/javascript; charset=utf-8", pages::WAIT_JS)),
+        "/static/style.css" if read => Ok(asset(
+            "text/css; charset=utf-8",
+            ctx.app.cfg.derived.branding.css.clone(),
+        )),
+        "/static/wait.js" if read => Ok(asset(
+            "text/javascript; charset=utf-8",
+            bytes::Bytes::from_static(pages::WAIT_JS.as_bytes()),
+        )),
         p if p.starts_with("/sign_in/") => {
             let secret = p["/sign_in/".len()..].to_string();
             if read {
@@ -81,12 +87,10 @@ async fn route_pages(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     }
 }
 
-fn asset(ctype: &'static str, body: &'static str) -> Resp {
-    let mut r = web::with_type(
-        StatusCode::OK,
-        ctype,
-        bytes::Bytes::from_static(body.as_bytes()),
-    );
+/// Pages link these with `?v=` (the stylesheet) or not at all across versions (the
+/// script is tiny and checked for on every waiting page), so an hour of caching is safe.
+fn asset(ctype: &'static str, body: bytes::Bytes) -> Resp {
+    let mut r = web::with_type(StatusCode::OK, ctype, body);
     r.headers_mut().insert(
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=3600"),

@@ -135,7 +135,7 @@ async fn handle(
     // A /verify 200 goes to the proxy only (it copies the identity headers and drops
     // the rest): browser-facing headers there would be bytes on the hot path.
     if !(verify && resp.status().is_success()) {
-        web::security_headers(&mut resp);
+        web::security_headers(&mut resp, &app.cfg.derived.branding.csp);
     }
     // /verify answers the proxy, which logs the same request itself: its lines are
     // `debug` so the hot path does not pay for a second access log. Everything else
@@ -165,6 +165,23 @@ async fn handle(
     Ok(resp)
 }
 
+/// What an error page says at the top (and in its `<title>`): where the user is, in
+/// words, not a status code.
+fn page_title(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "Something is not right",
+        403 => "Request refused",
+        404 => "Page not found",
+        405 => "Not available here",
+        413 => "Too much data",
+        415 => "Unsupported request",
+        429 => "Please wait a moment",
+        503 => "Temporarily unavailable",
+        s if s >= 500 => "Something went wrong",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    }
+}
+
 /// The one place an error becomes a response.
 fn error_response(ctx: &Ctx, e: AppError) -> Resp {
     let status = e.status();
@@ -186,10 +203,10 @@ fn error_response(ctx: &Ctx, e: AppError) -> Resp {
         }
         web::json(status, v)
     } else {
-        let title = status.canonical_reason().unwrap_or("Error");
+        let title = page_title(status);
         let page = Message {
             reference,
-            ..Message::new(ctx.app.name(), title, &message).link("/", "Back to sign-in")
+            ..Message::new(ctx.app.frame(), title, &message).link("/", "Back to sign-in")
         };
         pages::render(status, &page).unwrap_or_else(|_| {
             web::with_type(status, "text/plain; charset=utf-8", message.clone().into())

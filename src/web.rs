@@ -422,28 +422,27 @@ pub fn set_cookie(r: &mut Resp, v: HeaderValue) {
 }
 
 /// Headers every response carries. Pages here carry or follow secrets, so nothing is
-/// cached and no referrer leaks a link.
-pub fn security_headers(r: &mut Resp) {
+/// cached and no referrer leaks a link: `strict-origin` sends our origin and never a
+/// path. (Not `no-referrer`: under it browsers send `Origin: null` with form posts, and
+/// without `Sec-Fetch-Site` — plain http on a real host name — `check_origin` could not
+/// tell our own forms from another site's, nor the 403 page's sign-out on the app host.)
+/// HTML gets `csp` (built from `[branding]`, see `branding`) unless the handler set a
+/// policy of its own.
+pub fn security_headers(r: &mut Resp, csp: &HeaderValue) {
     let h = r.headers_mut();
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("referrer-policy", HeaderValue::from_static("strict-origin"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     let is_html = h
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     if is_html && !h.contains_key("content-security-policy") {
-        h.insert(
-            "content-security-policy",
-            HeaderValue::from_static(
-                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                 connect-src 'self'; base-uri 'none'; frame-ancestors 'none'",
-            ),
-        );
+        h.insert("content-security-policy", csp.clone());
     }
 }
 

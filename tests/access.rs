@@ -436,7 +436,7 @@ async fn rules_decide_per_host_and_path_first_match_wins() {
     assert!(r.body.contains("bobb@ctr1.test"), "{}", r.body);
     assert!(
         r.body
-            .contains("href=\"http://auth.test.localhost/static/style.css\""),
+            .contains("href=\"http://auth.test.localhost/static/style.css?v="),
         "links are absolute (the page is shown on the app's host): {}",
         r.body
     );

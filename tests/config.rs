@@ -37,6 +37,8 @@ async fn env_overrides_reach_a_running_server() {
             ("AUTHBASE_EMAIL_SMTP_PORT", &port),
             // The file turns the limits off; one sign-in per address from here.
             ("AUTHBASE_LIMITS_SIGN_IN_PER_ADDRESS", "1/1h"),
+            ("AUTHBASE_BRANDING_ACCENT_COLOR", "#C0FFEE"),
+            ("AUTHBASE_BRANDING_LOGO_URL", "/brand/logo.svg"),
         ],
     );
     let mut b = ab.browser();
@@ -44,6 +46,21 @@ async fn env_overrides_reach_a_running_server() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Env Named App</title>"), "{}", page.body);
     assert!(!page.body.contains("Test App"));
+    // [branding] from the environment too: the logo, and the accent in the stylesheet the
+    // page links (under a version that names this theme).
+    assert!(
+        page.body.contains("<img src=\"/brand/logo.svg\""),
+        "{}",
+        page.body
+    );
+    let i = page
+        .body
+        .find("/static/style.css?v=")
+        .expect("a versioned stylesheet");
+    let href = &page.body[i..i + page.body[i..].find('"').unwrap()];
+    let css = b.get(href).await;
+    assert_eq!(css.status, 200);
+    assert!(css.body.contains("--accent: #c0ffee;"), "{}", css.body);
 
     let (_, mail) = request_link(&mut b, &smtp, "pat@example.com").await;
     assert!(mail.text().contains("Env Named App"), "{}", mail.text());
@@ -151,6 +168,8 @@ fn a_bad_variable_exits_64_naming_it() {
         ("AUTHBASE_EMAIL_SMTP_PORT", "70000"),
         ("AUTHBASE_LIMITS_SIGN_IN_PER_IP", "lots"),
         ("AUTHBASE_TRUSTED_PROXIES", "[\"10.0.0.1\""),
+        ("AUTHBASE_BRANDING_ACCENT_COLOR", "blue"),
+        ("AUTHBASE_BRANDING_LOGO_URL", "//cdn.example.org/logo.svg"),
         (
             "AUTHBASE_EMAIL_SMTP_PASSWORD_FILE",
             "/nonexistent/smtp_password",

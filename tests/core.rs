@@ -96,6 +96,15 @@ async fn pending_session_is_not_signed_in_and_same_browser_link_signs_in_with_ro
     assert_eq!(me.status, 200);
     assert_eq!(me.json()["email_address"], "Alice@example.com");
 
+    // The portal now says who is signed in; `?switch=1` still offers the form.
+    let page = a.get("/").await;
+    assert!(page.body.contains("You are signed in"), "{}", page.body);
+    assert!(page.body.contains("Alice@example.com"), "{}", page.body);
+    assert!(page.body.contains("action=\"/sign_out\""), "{}", page.body);
+    let form = a.get("/?switch=1").await;
+    assert!(form.body.contains("name=\"email\""), "{}", form.body);
+    assert!(!form.body.contains("You are signed in"));
+
     // The pre-sign-in value is worth nothing now.
     let mut planted = ab.browser();
     planted.cookies.insert("session_id".into(), pending);
@@ -123,7 +132,7 @@ async fn other_browser_get_and_head_change_nothing() {
         assert!(r.body.contains("bob@example.com"));
         assert!(r.body.contains("Firefox on Linux"), "shows who asked");
         assert_eq!(r.header("cache-control"), Some("no-store"));
-        assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(r.header("referrer-policy"), Some("strict-origin"));
         assert!(scanner.cookies.is_empty(), "a GET sets no session");
         let h = scanner
             .request(Method::HEAD, &mail.link_path(), &[], Bytes::new())

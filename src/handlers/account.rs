@@ -45,8 +45,12 @@ pub async fn sign_out(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     } else {
         pages::render(
             StatusCode::OK,
-            &Message::new(ctx.app.name(), "Signed out", "You are signed out.")
-                .link("/", "Sign in again"),
+            &Message::new(
+                ctx.app.frame(),
+                "Signed out",
+                "You are signed out on this browser, on every site that uses this sign-in.",
+            )
+            .link("/", "Sign in again"),
         )?
     };
     web::set_cookie(&mut r, web::session_cookie(&ctx.app, "", 0));

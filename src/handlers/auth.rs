@@ -6,8 +6,9 @@ use hyper::{Request, StatusCode};
 use serde_json::json;
 
 use crate::email_addr;
-use crate::pages::{self, CheckEmail, Index, Message};
+use crate::pages::{self, CheckEmail, Index, Message, SignedIn as SignedInPage};
 use crate::secrets;
+use crate::session;
 use crate::store::{now, NewSignIn, SignedIn, WaitState};
 use crate::web::{self, Ctx, Resp};
 use crate::{error::AppError, redirect};
@@ -17,15 +18,52 @@ pub async fn index(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     let rd = q
         .get("rd")
         .and_then(|r| redirect::validate(r, &ctx.app.cfg));
+    // A browser that is signed in already is told so (with a way on, out, or to another
+    // address), unless it asked for the form: "Use another address", or the 403 page's
+    // "Sign in with another address".
+    if !q.contains_key("switch") {
+        if let Some(s) = session::current(&ctx.app, req.headers()).await? {
+            if s.allowed {
+                return signed_in_page(ctx, &s.user.email, s.user.user_id, rd.as_deref());
+            }
+        }
+    }
     pages::render(
         StatusCode::OK,
         &Index {
-            app_name: ctx.app.name(),
+            frame: ctx.app.frame(),
             email: "",
             rd: rd.as_deref(),
             error: None,
         },
     )
+}
+
+fn signed_in_page(ctx: &Ctx, email: &str, user_id: i64, rd: Option<&str>) -> web::Result<Resp> {
+    let to = ctx.app.landing(rd);
+    // "app.example.com" (with a port when it has one): where the button goes, by name.
+    let host = url::Url::parse(to)
+        .map(|u| u[url::Position::BeforeHost..url::Position::AfterPort].to_string())
+        .unwrap_or_default();
+    let switch = match rd {
+        Some(rd) => format!(
+            "/?rd={}&switch=1",
+            url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()
+        ),
+        None => "/?switch=1".to_string(),
+    };
+    let mut r = pages::render(
+        StatusCode::OK,
+        &SignedInPage {
+            frame: ctx.app.frame(),
+            email,
+            continue_to: to,
+            continue_host: &host,
+            switch_href: &switch,
+        },
+    )?;
+    r.extensions_mut().insert(web::UserId(user_id));
+    Ok(r)
 }
 
 pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
@@ -55,7 +93,7 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             return pages::render(
                 StatusCode::BAD_REQUEST,
                 &Index {
-                    app_name: ctx.app.name(),
+                    frame: ctx.app.frame(),
                     email: &shown,
                     rd: rd.as_deref(),
                     error: Some(&e.to_string()),
@@ -130,7 +168,7 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
         pages::render(
             StatusCode::OK,
             &CheckEmail {
-                app_name: ctx.app.name(),
+                frame: ctx.app.frame(),
                 email: &email,
                 match_number: &match_number,
                 error: None,
@@ -190,7 +228,7 @@ pub async fn wait(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
             pages::render(
                 StatusCode::OK,
                 &CheckEmail {
-                    app_name: ctx.app.name(),
+                    frame: ctx.app.frame(),
                     email: &email,
                     match_number: &match_number,
                     error: None,
@@ -211,7 +249,7 @@ pub async fn wait(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 return pages::render(
                     StatusCode::OK,
                     &Message::new(
-                        ctx.app.name(),
+                        ctx.app.frame(),
                         "No sign-in in progress",
                         "This browser is not waiting for a sign-in link.",
                     )
@@ -288,7 +326,7 @@ pub async fn code(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
                 } => pages::render(
                     StatusCode::BAD_REQUEST,
                     &CheckEmail {
-                        app_name: ctx.app.name(),
+                        frame: ctx.app.frame(),
                         email: &email,
                         match_number: &match_number,
                         error: Some("That code is not right. Check the email and try again."),

@@ -42,7 +42,7 @@ pub fn rate_limited(ctx: &Ctx, l: crate::limits::Limited, email: &str) -> web::R
     } else {
         pages::render(
             StatusCode::TOO_MANY_REQUESTS,
-            &Message::new(ctx.app.name(), "Please wait a moment", &text).link("/", "Back"),
+            &Message::new(ctx.app.frame(), "Please wait a moment", &text).link("/", "Back"),
         )?
     };
     r.headers_mut().insert(
@@ -131,6 +131,6 @@ pub fn refusal(ctx: &Ctx, r: Refusal) -> web::Result<Resp> {
     }
     pages::render(
         status,
-        &Message::new(ctx.app.name(), title, text).link("/", "Request a new sign-in link"),
+        &Message::new(ctx.app.frame(), title, text).link("/", "Request a new sign-in link"),
     )
 }

@@ -136,7 +136,7 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                     pages::render(
                         StatusCode::OK,
                         &Message::new(
-                            ctx.app.name(),
+                            ctx.app.frame(),
                             "Approved",
                             "The waiting browser is being signed in. You can close this page.",
                         ),
@@ -183,7 +183,7 @@ pub async fn act(ctx: &Ctx, req: Request<Incoming>, secret: &str) -> web::Result
                 pages::render(
                     StatusCode::OK,
                     &Message::new(
-                        ctx.app.name(),
+                        ctx.app.frame(),
                         "Sign-in cancelled",
                         "Nobody was signed in. You can close this page.",
                     ),
@@ -223,7 +223,7 @@ fn choices(
     pages::render(
         status,
         &Confirm {
-            app_name: ctx.app.name(),
+            frame: ctx.app.frame(),
             email: &r.email,
             requested_at: pages::utc(r.created_at),
             requester: pages::requester(&r.user_agent, &r.ip),

@@ -153,23 +153,21 @@ fn forbidden(
             serde_json::json!({ "error": "forbidden", "message": format!("no access to {}", original.host()) }),
         ));
     }
-    let signin = sign_in_url(ctx, original);
+    // "Sign in with another address": the form, even though this browser is signed in.
+    let signin = format!("{}&switch=1", sign_in_url(ctx, original));
     let mut r = pages::render(
         StatusCode::FORBIDDEN,
         &pages::Forbidden {
-            app_name: ctx.app.name(),
-            public_base: ctx.app.cfg.public_base(),
+            frame: pages::Frame::elsewhere(&ctx.app.cfg),
             host: original.host(),
             email,
             sign_in: &signin,
         },
     )?;
-    let origin = &ctx.app.cfg.derived.public_origin;
+    // Shown on the app's host, where 'self' would be the app: authbase's origin by name.
     r.headers_mut().insert(
         "content-security-policy",
-        header_value(&format!(
-            "default-src 'none'; style-src {origin}; form-action {origin}; base-uri 'none'; frame-ancestors 'none'"
-        ))?,
+        ctx.app.cfg.derived.branding.csp_elsewhere.clone(),
     );
     Ok(r)
 }

@@ -250,6 +250,11 @@ fn file_id(path: &Path) -> std::result::Result<Option<(u64, u64)>, std::io::Erro
     }
 }
 
+/// How every connection but the first opens the file: read-write, never creating it.
+const NO_CREATE: rusqlite::OpenFlags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+    .union(rusqlite::OpenFlags::SQLITE_OPEN_URI)
+    .union(rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX);
+
 /// Switch to WAL, migrate, and open a pool on the file at `path`.
 fn open_pool(path: &Path, busy_timeout: Duration) -> Result<Pool<SqliteConnectionManager>> {
     // Switch to WAL (a persistent setting) and migrate on one connection first, so
@@ -260,13 +265,18 @@ fn open_pool(path: &Path, busy_timeout: Duration) -> Result<Pool<SqliteConnectio
         c.pragma_update(None, "journal_mode", "WAL")?;
         migrations::run(&mut c)?;
     }
-    let manager = SqliteConnectionManager::file(path).with_init(move |c| {
-        c.busy_timeout(busy_timeout)?;
-        c.execute_batch(
-            "PRAGMA synchronous = NORMAL;
-             PRAGMA foreign_keys = ON;",
-        )
-    });
+    // Pool connections open the file that now exists, never create one: a connection
+    // opened while the file is missing (moved, deleted) must fail (and /readyz say so),
+    // not start an empty database that the pool then keeps handing out.
+    let manager = SqliteConnectionManager::file(path)
+        .with_flags(NO_CREATE)
+        .with_init(move |c| {
+            c.busy_timeout(busy_timeout)?;
+            c.execute_batch(
+                "PRAGMA synchronous = NORMAL;
+                 PRAGMA foreign_keys = ON;",
+            )
+        });
     Ok(Pool::builder()
         .max_size(8)
         .min_idle(Some(1))
@@ -556,7 +566,7 @@ impl Store {
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
             if guard.is_none() {
-                let c = Connection::open(&*path)?;
+                let c = Connection::open_with_flags(&*path, NO_CREATE)?;
                 c.busy_timeout(busy)?;
                 *guard = Some(c);
             }
