@@ -138,36 +138,7 @@ enum UsersCommand {
 enum EmailCommand {
     /// Queue a message; prints its id and Message-ID. A running server sends it within
     /// a few seconds (`authbase outbox list` shows how it went).
-    Send {
-        /// The recipient's address (a user; see --create-user).
-        #[arg(
-            long,
-            value_name = "EMAIL",
-            required_unless_present = "user_id",
-            conflicts_with = "user_id"
-        )]
-        to: Option<String>,
-        /// The recipient's user id.
-        #[arg(long, value_name = "ID")]
-        user_id: Option<i64>,
-        /// Create the user when there is none with this address.
-        #[arg(long)]
-        create_user: bool,
-        #[arg(long)]
-        subject: String,
-        /// The plain-text body, from a UTF-8 file (`-`: standard input).
-        #[arg(long, value_name = "FILE", required_unless_present = "html")]
-        text: Option<PathBuf>,
-        /// The HTML body, from a UTF-8 file (`-`: standard input).
-        #[arg(long, value_name = "FILE")]
-        html: Option<PathBuf>,
-        /// Reply-To address.
-        #[arg(long, value_name = "EMAIL")]
-        reply_to: Option<String>,
-        /// A file to attach (repeatable; the type is guessed from the extension).
-        #[arg(long, value_name = "FILE")]
-        attach: Vec<PathBuf>,
-    },
+    Send(admin::outbox::SendArgs),
 }
 
 #[derive(Subcommand)]
@@ -298,30 +269,8 @@ fn main() -> ExitCode {
         Command::Users { command } => run_admin(users(&cfg, command)),
         Command::Migrate => run_admin(admin::migrate(&cfg)),
         Command::Email {
-            command:
-                EmailCommand::Send {
-                    to,
-                    user_id,
-                    create_user,
-                    subject,
-                    text,
-                    html,
-                    reply_to,
-                    attach,
-                },
-        } => run_admin(admin::outbox::email_send(
-            &cfg,
-            admin::outbox::SendArgs {
-                to,
-                user_id,
-                create_user,
-                subject,
-                text,
-                html,
-                reply_to,
-                attach,
-            },
-        )),
+            command: EmailCommand::Send(args),
+        } => run_admin(admin::outbox::email_send(&cfg, args)),
         Command::Outbox { command } => run_admin(async {
             match command {
                 OutboxCommand::List {

@@ -11,17 +11,37 @@ use crate::mail::queue::{self, QueueError, To};
 use crate::pages::utc;
 use crate::store::{now, MailFilter, MailRow};
 
-/// What `authbase email send` was given.
-#[derive(Debug, Default)]
+/// What `authbase email send` is given (its command-line arguments).
+#[derive(Debug, Default, clap::Args)]
 pub struct SendArgs {
+    /// The recipient's address (a user; see --create-user).
+    #[arg(
+        long,
+        value_name = "EMAIL",
+        required_unless_present = "user_id",
+        conflicts_with = "user_id"
+    )]
     pub to: Option<String>,
+    /// The recipient's user id.
+    #[arg(long, value_name = "ID")]
     pub user_id: Option<i64>,
+    /// Create the user when there is none with this address.
+    #[arg(long)]
     pub create_user: bool,
+    /// The subject (UTF-8, one line).
+    #[arg(long)]
     pub subject: String,
-    /// Files (`-`: standard input).
+    /// The plain-text body, from a UTF-8 file (`-`: standard input).
+    #[arg(long, value_name = "FILE", required_unless_present = "html")]
     pub text: Option<PathBuf>,
+    /// The HTML body, from a UTF-8 file (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// Reply-To address.
+    #[arg(long, value_name = "EMAIL")]
     pub reply_to: Option<String>,
+    /// A file to attach (repeatable; the type is guessed from the extension).
+    #[arg(long, value_name = "FILE")]
     pub attach: Vec<PathBuf>,
 }
 
