@@ -322,10 +322,7 @@ impl Branding {
             theme_vars(&LIGHT, &light),
             theme_vars(&DARK, &dark)
         );
-        let css_version: String = Sha256::digest(css.as_bytes())[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let css_version = crate::secrets::hex(&Sha256::digest(css.as_bytes())[..6]);
 
         // Exactly the configured origins, each only where it is needed: the logo as an
         // image; the stylesheet's origin for styles and for the fonts and images it

@@ -62,10 +62,7 @@ pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
     let transport = mail::Transport::from_config(&cfg).map_err(StartError)?;
     let wake = Arc::new(Notify::new());
     let wake_api = Arc::new(Notify::new());
-    let server_id: String = secrets::random::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let server_id = secrets::hex(&secrets::random::<16>());
     let (activity, activity_queue) = tokio::sync::mpsc::channel(session::ACTIVITY_QUEUE);
     let (audit, audit_queue) = audit::Audit::new();
     let metrics = Arc::new(metrics::Metrics::new());

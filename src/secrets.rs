@@ -39,6 +39,11 @@ pub fn hash(token: &str) -> Hash {
     hash_bytes(token.as_bytes())
 }
 
+/// Lowercase hex, for ids built from random or hashed bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 pub fn hash_bytes(b: &[u8]) -> Hash {
     Sha256::digest(b).into()
 }

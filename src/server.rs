@@ -187,10 +187,7 @@ fn error_response(ctx: &Ctx, e: AppError) -> Resp {
     let status = e.status();
     // A short id shown on 5xx answers and logged with the error, to find one in the other.
     let reference = status.is_server_error().then(|| {
-        let id: String = secrets::random::<6>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = secrets::hex(&secrets::random::<6>());
         tracing::error!(reference = %id, error = %e, "request failed");
         id
     });

@@ -76,8 +76,7 @@ pub fn from_mailbox(cfg: &Config) -> Result<Mailbox, String> {
 
 /// `<hex@domain-of-the-sender>`: unique, and stable for one message across attempts.
 pub fn message_id(from: &Mailbox, unique: &[u8]) -> String {
-    let hex: String = unique.iter().map(|b| format!("{b:02x}")).collect();
-    format!("<{hex}@{}>", from.email.domain())
+    format!("<{}@{}>", crate::secrets::hex(unique), from.email.domain())
 }
 
 /// The Message-ID of a sign-in message: derived from its request's salt (a hash: the
