@@ -142,23 +142,24 @@ fn authority<'a>(
     let dns_ok = crate::config::is_dns_name(host, true);
     // A last label starting with a digit is only accepted as a canonical IPv4 address:
     // `0x7f.1`, `2130706433` and `127.1` are refused, not reinterpreted.
-    let numeric = host
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_digit()));
+    let b = host.as_bytes();
+    let last = b.iter().rposition(|&c| c == b'.').map_or(0, |i| i + 1);
+    let numeric = b.get(last).is_some_and(u8::is_ascii_digit);
     if !dns_ok || (numeric && host.parse::<Ipv4Addr>().is_err()) {
         return Err(Invalid(name));
     }
-    // Punycode labels must decode (found by tests/fuzz.rs: `xn--ap` is no name). Rare,
-    // so the full IDNA check costs the hot path nothing for other hosts.
-    if host.contains("xn--") && url::Host::parse(host).is_err() {
-        return Err(Invalid(name));
-    }
-    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    let host = if b.iter().any(u8::is_ascii_uppercase) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
     };
+    // Punycode labels must decode (found by tests/fuzz.rs: `xn--ap` is no name; checked
+    // after lowercasing, so `XN--AP` is no name either). Rare, so the full IDNA check
+    // costs the hot path nothing for other hosts; a byte scan, not a substring search,
+    // finds it.
+    if host.as_bytes().windows(4).any(|w| w == b"xn--") && url::Host::parse(&host).is_err() {
+        return Err(Invalid(name));
+    }
     Ok((host, port))
 }
 
@@ -284,6 +285,17 @@ mod tests {
     ) -> Result<(String, String, String, Option<u16>), ForwardedError> {
         let h = hm(pairs);
         original(&h).map(|o| (o.url(), o.method.to_string(), o.host().to_string(), o.port))
+    }
+
+    /// Punycode that does not decode is no host name, in any case (`XN--` included: the
+    /// host is lowercased before it is used).
+    #[test]
+    fn undecodable_punycode_is_refused_in_any_case() {
+        for host in ["xn--ap.example", "XN--AP.example", "a.Xn--ap", "xn--ap"] {
+            assert!(authority(host, true, "X-Forwarded-Host").is_err(), "{host}");
+        }
+        let (h, _) = authority("XN--BCHER-KVA.example", true, "X-Forwarded-Host").unwrap();
+        assert_eq!(h, "xn--bcher-kva.example");
     }
 
     #[test]
