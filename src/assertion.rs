@@ -5,8 +5,9 @@
 //!
 //! Claims: `iss` (public_url, no trailing slash), `aud` (the protected host: see
 //! `audience`), `sub` (user id, as a string), `email`, `groups` (only when any), `iat`,
-//! `exp` (`iat + assertion.ttl`), `sid` (a session reference that is not the secret)
-//! and `jti` (random).
+//! `exp` (`iat + assertion.ttl`) and `sid` (a session reference that is not the
+//! secret). No `jti`: a token is reused for many requests by design (below), so a token
+//! id would name no single request; `sid` + `iat` tell tokens apart.
 //!
 //! Signing costs tens of microseconds, `/verify` answers in a few: each cached session
 //! keeps the tokens it was given for up to `PER_HOST` hosts and reuses one until half of
@@ -23,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::app::App;
 use crate::error::AppError;
 use crate::forwarded::Original;
-use crate::secrets::{self, Hash};
+use crate::secrets::Hash;
 use crate::session::Signed;
 
 /// Hosts whose token one session keeps at most; beyond it the oldest is replaced.
@@ -33,11 +34,24 @@ pub const PER_HOST: usize = 8;
 /// stored token hash, base64url. Stable for the session's life and the same on every
 /// server, but neither the cookie nor the stored hash: it names a session in logs and
 /// lets an app tell sessions apart, and gives nothing to sign in with.
-pub fn session_ref(token_hash: &Hash) -> String {
+pub fn session_ref(token_hash: &Hash) -> SessionRef {
     let mut h = Sha256::new();
     h.update(b"authbase assertion sid v1\0");
     h.update(token_hash);
-    URL_SAFE_NO_PAD.encode(&h.finalize()[..16])
+    let mut r = [0u8; 16];
+    r.copy_from_slice(&h.finalize()[..16]);
+    SessionRef(r)
+}
+
+/// A `sid` kept as its 16 bytes (in every cached session: 16 bytes instead of a
+/// 22-character string on the heap), encoded when a token is signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionRef([u8; 16]);
+
+impl SessionRef {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
 }
 
 /// The `aud` claim for a request: its host as the proxy forwarded it, lowercase, without
@@ -60,8 +74,7 @@ struct Claims<'a> {
     groups: &'a [String],
     iat: i64,
     exp: i64,
-    sid: &'a str,
-    jti: String,
+    sid: String,
 }
 
 fn claims<'a>(signed: &'a Signed, iss: &'a str, aud: &'a str, now: i64, ttl: i64) -> Claims<'a> {
@@ -73,8 +86,7 @@ fn claims<'a>(signed: &'a Signed, iss: &'a str, aud: &'a str, now: i64, ttl: i64
         groups: &signed.groups,
         iat: now,
         exp: now + ttl,
-        sid: &signed.sid,
-        jti: URL_SAFE_NO_PAD.encode(secrets::random::<12>()),
+        sid: signed.sid.encode(),
     }
 }
 
@@ -137,9 +149,9 @@ impl Tokens {
     }
 }
 
-/// The `X-User-Assertion` value for this signed-in session and request.
-pub fn header(app: &App, signed: &Signed, o: &Original) -> Result<HeaderValue, AppError> {
-    let now = crate::store::now();
+/// The `X-User-Assertion` value for this signed-in session and request at `now` (Unix
+/// seconds, the time the session was checked at).
+pub fn header(app: &App, signed: &Signed, o: &Original, now: i64) -> Result<HeaderValue, AppError> {
     // Before the ring: a token is never tagged with a newer generation than its key.
     let generation = app.signing.generation();
     if let Some(v) = signed.tokens.get(o, generation, now) {
@@ -211,7 +223,7 @@ mod tests {
         let o = c.as_object().unwrap();
         assert_eq!(
             o.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["iss", "aud", "sub", "email", "groups", "iat", "exp", "sid", "jti"]
+            ["iss", "aud", "sub", "email", "groups", "iat", "exp", "sid"]
         );
         assert_eq!(c["iss"], "https://auth.example.com");
         assert_eq!(c["aud"], "app.example.com");
@@ -220,8 +232,7 @@ mod tests {
         assert_eq!(c["groups"], serde_json::json!(["admins", "ops"]));
         assert_eq!(c["iat"], 1000);
         assert_eq!(c["exp"], 1120);
-        assert_eq!(c["sid"], session_ref(&[7; 32]).as_str());
-        assert_eq!(c["jti"].as_str().unwrap().len(), 16);
+        assert_eq!(c["sid"], session_ref(&[7; 32]).encode());
         // No groups: no claim.
         let s = signed(&[]);
         let c = serde_json::to_value(claims(&s, "i", "a", 0, 1)).unwrap();
@@ -231,10 +242,10 @@ mod tests {
     #[test]
     fn the_session_reference_is_not_the_hash() {
         let h = [7u8; 32];
-        let r = session_ref(&h);
+        let r = session_ref(&h).encode();
         assert_eq!(r.len(), 22);
-        assert_eq!(r, session_ref(&h));
-        assert_ne!(r, session_ref(&[8; 32]));
+        assert_eq!(r, session_ref(&h).encode());
+        assert_ne!(r, session_ref(&[8; 32]).encode());
         assert_ne!(URL_SAFE_NO_PAD.decode(&r).unwrap(), h[..16]);
     }
 

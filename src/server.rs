@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER};
@@ -99,12 +99,12 @@ async fn handle(
     surface: Surface,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
-    let started = Instant::now();
     let endpoint = crate::metrics::endpoint(req.uri().path());
     let method = req.method().clone();
     let path = router::loggable_path(req.uri().path());
-    let ctx = Ctx::new(app.clone(), peer, &req);
-    let cors = web::cors_origin(req.headers(), req.uri().path(), &app);
+    let ctx = Ctx::new(app, peer, &req);
+    let app = &ctx.app;
+    let cors = web::cors_origin(req.headers(), req.uri().path(), app);
     // /verify needs no timer of its own: a cached answer is immediate, and a database
     // read is bounded by the pool's and SQLite's busy timeouts.
     let result = if surface == Surface::Metrics {
@@ -140,7 +140,7 @@ async fn handle(
     // /verify answers the proxy, which logs the same request itself: its lines are
     // `debug` so the hot path does not pay for a second access log. Everything else
     // is `info`.
-    let took = started.elapsed();
+    let took = ctx.started.elapsed();
     app.metrics.request(endpoint, resp.status().as_u16(), took);
     let user_id = resp.extensions().get::<web::UserId>().map(|u| u.0);
     macro_rules! access_log {

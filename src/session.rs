@@ -83,23 +83,27 @@ pub struct Signed {
     /// `X-User-Groups`, when the user has any.
     pub groups_header: Option<HeaderValue>,
     /// The `sid` claim of its assertions (`assertion::session_ref`).
-    pub sid: Box<str>,
+    pub sid: crate::assertion::SessionRef,
     /// Assertions given to this session, by host, for reuse (see `assertion`).
     pub tokens: crate::assertion::Tokens,
 }
 
 impl Signed {
-    pub fn new(user: SessionUser, policy: &crate::access::Policy, sid: String) -> Signed {
+    pub fn new(
+        user: SessionUser,
+        policy: &crate::access::Policy,
+        sid: crate::assertion::SessionRef,
+    ) -> Signed {
         let headers = HeaderValue::from_str(&user.email)
             .ok()
             .map(|e| (HeaderValue::from(user.user_id), e));
         let allowed = user.invited || policy.may_sign_in(&user.email);
-        let mut groups: Vec<String> = user
-            .groups
-            .iter()
-            .chain(policy.config_groups(&user.email))
+        // Moved, not copied: a cached session keeps its groups once.
+        let mut user = user;
+        let mut groups: Vec<String> = std::mem::take(&mut user.groups)
+            .into_iter()
+            .chain(policy.config_groups(&user.email).iter().cloned())
             .filter(|g| crate::access::valid_group(g))
-            .cloned()
             .collect();
         groups.sort();
         groups.dedup();
@@ -114,7 +118,7 @@ impl Signed {
             groups,
             headers,
             groups_header,
-            sid: sid.into_boxed_str(),
+            sid,
             tokens: Default::default(),
         }
     }
@@ -265,13 +269,22 @@ impl SessionCache {
 /// The confirmed, live session of these request headers, if any; records activity for
 /// the idle timeout. Pending sessions (link not yet confirmed) never count.
 pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<Arc<Signed>>, StoreError> {
+    current_at(app, headers, now(), Instant::now()).await
+}
+
+/// `current` at a given time: `t` in Unix seconds for expiry, `at` for the cache's
+/// clock (`/verify` reads the clocks once and uses them for the assertion too).
+pub async fn current_at(
+    app: &App,
+    headers: &HeaderMap,
+    t: i64,
+    at: Instant,
+) -> Result<Option<Arc<Signed>>, StoreError> {
     let Some(hash) = web::session_hash(headers, &app.cfg.cookie.name) else {
         return Ok(None);
     };
-    let t = now();
     let idle = app.cfg.session.idle_timeout.secs();
     let cache = &app.sessions;
-    let at = Instant::now();
     // Fail closed while revocations cannot be followed (see `SYNC_GRACE`).
     if !cache.in_sync(at) {
         return Err(StoreError::Unavailable(
@@ -550,7 +563,11 @@ mod tests {
     }
 
     fn signed(id: i64) -> Arc<Signed> {
-        Arc::new(Signed::new(user(id), &Default::default(), String::new()))
+        Arc::new(Signed::new(
+            user(id),
+            &Default::default(),
+            crate::assertion::session_ref(&[0; 32]),
+        ))
     }
 
     #[test]

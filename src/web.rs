@@ -37,6 +37,9 @@ pub struct Ctx {
     pub wants_json: bool,
     /// For the audit trail (a cheap reference-counted copy).
     pub user_agent: Option<HeaderValue>,
+    /// When the request arrived (one clock read serves the log, the metrics and the
+    /// session cache).
+    pub started: std::time::Instant,
 }
 
 impl Ctx {
@@ -58,6 +61,7 @@ impl Ctx {
             client_ip,
             wants_json,
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -239,8 +243,14 @@ pub fn cors_path(path: &str) -> bool {
 
 /// The `Origin` to echo in CORS headers: present, allowed, and on a CORS path. Never `*`.
 pub fn cors_origin(h: &HeaderMap, path: &str, app: &App) -> Option<HeaderValue> {
+    // The path first: it is a few compares, the header a hash lookup (every /verify).
+    if !cors_path(path) {
+        return None;
+    }
     let o = h.get(header::ORIGIN)?;
-    (cors_path(path) && o.to_str().is_ok_and(|s| origin_allowed(s, &app.cfg))).then(|| o.clone())
+    o.to_str()
+        .is_ok_and(|s| origin_allowed(s, &app.cfg))
+        .then(|| o.clone())
 }
 
 pub fn add_cors(r: &mut Resp, origin: HeaderValue) {

@@ -31,6 +31,12 @@ use crate::session;
 use crate::web::{self, Ctx, Resp};
 
 static X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
+// Built once: inserting by `&'static str` would parse and classify the name on every
+// request.
+static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+static X_USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
+static X_USER_GROUPS: HeaderName = HeaderName::from_static("x-user-groups");
+static X_USER_ASSERTION: HeaderName = HeaderName::from_static("x-user-assertion");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -57,7 +63,8 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
         Some(RulePolicy::Deny) => return forbidden(ctx, &original, None, h),
         _ => {}
     }
-    if let Some(signed) = session::current(&ctx.app, h).await? {
+    let now = crate::store::now();
+    if let Some(signed) = session::current_at(&ctx.app, h, now, ctx.started).await? {
         let admitted =
             signed.allowed && rule.is_none_or(|r| r.admits(&signed.user.email, &signed.groups));
         if !admitted {
@@ -88,20 +95,24 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
             .clone()
             .ok_or_else(|| AppError::Internal("stored address is not a header value".into()))?;
         let mut r = web::empty(StatusCode::OK);
-        // Sized once for the identity headers, the assertion and the security headers
-        // added on the way out: the map is allocated once and never grows.
-        *r.headers_mut() = HeaderMap::with_capacity(12);
+        // Sized once for the identity headers and the assertion (a /verify 200 gets no
+        // browser-facing headers on the way out): allocated once, never grown.
+        *r.headers_mut() = HeaderMap::with_capacity(4);
         let hs = r.headers_mut();
-        hs.insert("x-user-id", id);
-        hs.insert("x-user-email", email);
+        hs.insert(&X_USER_ID, id);
+        hs.insert(&X_USER_EMAIL, email);
         if let Some(g) = &signed.groups_header {
-            hs.insert("x-user-groups", g.clone());
+            hs.insert(&X_USER_GROUPS, g.clone());
         }
         if ctx.app.cfg.assertion.enabled {
-            let a = crate::assertion::header(&ctx.app, &signed, &original)?;
-            r.headers_mut().insert("x-user-assertion", a);
+            let a = crate::assertion::header(&ctx.app, &signed, &original, now)?;
+            r.headers_mut().insert(&X_USER_ASSERTION, a);
         }
-        r.extensions_mut().insert(web::UserId(signed.user.user_id));
+        // Only the access log line reads it, and for /verify that line is `debug`: an
+        // extension costs two allocations, so it is added only when the line is written.
+        if tracing::enabled!(target: "authbase::request", tracing::Level::DEBUG) {
+            r.extensions_mut().insert(web::UserId(signed.user.user_id));
+        }
         return Ok(r);
     }
     let signin = sign_in_url(ctx, &original);
