@@ -272,9 +272,14 @@ fn open_pool(path: &Path, busy_timeout: Duration) -> Result<Pool<SqliteConnectio
         .with_flags(NO_CREATE)
         .with_init(move |c| {
             c.busy_timeout(busy_timeout)?;
+            // 512 KiB of page cache per connection (SQLite's default is 2 MiB): the pool
+            // holds up to 8, the operating system caches the file anyway, and the
+            // session cache keeps /verify off SQLite; with a large database the default
+            // would add ~16 MiB of resident memory for little.
             c.execute_batch(
                 "PRAGMA synchronous = NORMAL;
-                 PRAGMA foreign_keys = ON;",
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA cache_size = -512;",
             )
         });
     Ok(Pool::builder()
