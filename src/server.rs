@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -49,9 +50,9 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(cfg.server.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
+    // `server.header_read_timeout` is kept by `watch_connection` below, not by hyper's
+    // `header_read_timeout`, which arms and drops a timer around every request head.
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.server.header_read_timeout.0)
         .keep_alive(true)
         // hyper's default limit of 100 request headers applies (more: 431); setting it
         // explicitly would make hyper allocate the header array on every request.
@@ -78,12 +79,22 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let svc = service_fn(move |req| handle(app.clone(), peer, surface, req));
+        let progress = Arc::new(Progress::default());
+        let p = progress.clone();
+        let svc = service_fn(move |req| {
+            p.started.fetch_add(1, Ordering::Relaxed);
+            handle(app.clone(), peer, surface, req, Finished(p.clone()))
+        });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);
         });
+        tokio::spawn(watch_connection(
+            task.abort_handle(),
+            progress,
+            cfg.server.header_read_timeout.0,
+        ));
     }
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
@@ -93,11 +104,70 @@ pub async fn run(
     }
 }
 
+/// What a connection's watchdog sees of it: requests started and finished.
+#[derive(Default)]
+struct Progress {
+    started: AtomicU32,
+    finished: AtomicU32,
+}
+
+/// Counts a request finished when dropped: answered, or abandoned by the client.
+struct Finished(Arc<Progress>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `server.header_read_timeout`: closes a connection once no request on it has started
+/// or finished for `limit` and none is being handled — a client that has not sent a
+/// whole request head by then (slowloris), or sends nothing, or a keep-alive connection
+/// idle that long. It looks four times per `limit`, so the cut comes between 1 and 1.25 ×
+/// `limit` after the last request (or the connect). A request being handled is never
+/// cut here: `server.request_timeout` bounds it. Ends with the connection.
+///
+/// (hyper's own `header_read_timeout` arms a timer and drops it around every request
+/// head: an allocation and two timer-wheel updates on each `/verify`. Here a request
+/// costs two counter increments.)
+async fn watch_connection(
+    conn: tokio::task::AbortHandle,
+    progress: Arc<Progress>,
+    limit: Duration,
+) {
+    let tick = limit / 4;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (0, 0);
+    let mut quiet = 0;
+    loop {
+        ticks.tick().await;
+        if conn.is_finished() {
+            return;
+        }
+        let now = (
+            progress.started.load(Ordering::Relaxed),
+            progress.finished.load(Ordering::Relaxed),
+        );
+        if now != last || now.0 != now.1 {
+            last = now;
+            quiet = 0;
+        } else {
+            quiet += 1;
+            if quiet == 4 {
+                conn.abort();
+                return;
+            }
+        }
+    }
+}
+
 async fn handle(
     app: Arc<App>,
     peer: SocketAddr,
     surface: Surface,
     req: Request<Incoming>,
+    _finished: Finished,
 ) -> Result<Resp, Infallible> {
     let endpoint = crate::metrics::endpoint(req.uri().path());
     let method = req.method().clone();

@@ -837,3 +837,133 @@ async fn soak_verify_with_concurrent_sign_ins_and_sign_outs() {
     assert!(checks.load(Ordering::Relaxed) > 1000);
     assert!(!ab.logs().contains("panicked"));
 }
+
+// ---------------------------------------------------------------- slow clients
+
+/// Read from `s` until the peer closes (or resets) the connection: `Some(bytes read)`,
+/// or `None` when it is still open after `limit`.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Read one response head (through the blank line) from `s`; returns its status code.
+async fn response_status(s: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before a response: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 "), "{head}");
+    head[9..12].parse().unwrap()
+}
+
+/// Slowloris: a request head trickled in slower than `server.header_read_timeout` is
+/// cut off without an answer, and so is a connection that sends nothing or stays idle
+/// after a request that long. A client within the time is served, again and again on one
+/// connection, and a request being handled is never cut (a slow body is the handler's
+/// business, bounded by `server.request_timeout`).
+#[tokio::test]
+async fn slow_heads_and_idle_connections_are_cut_off_at_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let (_smtp, ab) = setup("[server]\nheader_read_timeout = \"1s\"\n");
+    let addr = ab.addr.clone();
+    let get = b"GET /healthz HTTP/1.1\r\nHost: auth.test.localhost\r\n\r\n";
+
+    // A head trickled in, one header line every 200 ms, never finished: cut off with no
+    // response, long before the 8 s the trickle would take.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: auth.test.localhost\r\n")
+        .await
+        .unwrap();
+    let mut cut = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+        let mut b = [0u8; 64];
+        match s.try_read(&mut b) {
+            Ok(0) => {
+                cut = true;
+                break;
+            }
+            Ok(n) => panic!("an answer to an unfinished head: {:?}", &b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "a head trickled in over 8 s was not cut off");
+
+    // A connection that sends nothing is closed without an answer.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let got = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(
+        got,
+        Some(vec![]),
+        "a silent connection stayed open or was answered"
+    );
+
+    // Within the time: served, twice on one connection with a pause between; then the
+    // idle keep-alive connection is closed.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(get).await.unwrap();
+        assert_eq!(response_status(&mut s).await, 200);
+    }
+    let got = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(
+        got,
+        Some(vec![]),
+        "an idle keep-alive connection stayed open"
+    );
+
+    // A request whose body arrives slowly (3 s, three times the header read timeout) is
+    // being handled, and is answered.
+    let body = "email=slow-body%40example.com&x=0123456789";
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /auth HTTP/1.1\r\nHost: auth.test.localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    for chunk in body.as_bytes().chunks(3) {
+        tokio::time::sleep(Duration::from_millis(3000 / (body.len() as u64 / 3 + 1))).await;
+        s.write_all(chunk)
+            .await
+            .expect("the connection stays open while the body arrives");
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let status = response_status(&mut s).await;
+    assert!(status < 400, "a slow body got {status}");
+}
