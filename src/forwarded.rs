@@ -14,15 +14,26 @@
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use hyper::header::{HeaderMap, HeaderName};
+use hyper::header::{HeaderMap, HeaderValue};
 
-// Pre-parsed names: looking a header up by `&str` parses the name on every call.
-static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
-static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
-static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+// The headers read here, in the order of `Fields`.
+const NAMES: [&str; 6] = [
+    "x-original-url",
+    "x-original-method",
+    "x-forwarded-method",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-uri",
+];
+const ORIGINAL_URL: usize = 0;
+const ORIGINAL_METHOD: usize = 1;
+const FORWARDED_METHOD: usize = 2;
+const FORWARDED_HOST: usize = 3;
+const FORWARDED_PROTO: usize = 4;
+const FORWARDED_URI: usize = 5;
+
+/// The value of each header in `NAMES`, if sent.
+type Fields<'a> = [Option<&'a HeaderValue>; 6];
 
 /// The request being checked. Borrowed from the headers where possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,31 +89,44 @@ pub enum ForwardedError {
 
 use ForwardedError::Invalid;
 
-fn one<'a>(
-    h: &'a HeaderMap,
-    header: &'static HeaderName,
-) -> Result<Option<&'a str>, ForwardedError> {
-    let name = header.as_str();
-    let mut it = h.get_all(header).iter();
-    let Some(v) = it.next() else { return Ok(None) };
-    if it.next().is_some() {
-        return Err(ForwardedError::Duplicate(name));
+/// One pass over the request's headers (every `/verify` makes it; six map lookups
+/// would hash six names): the forwarded ones, each at most once.
+fn fields(h: &HeaderMap) -> Result<Fields<'_>, ForwardedError> {
+    let mut f: Fields = [None; 6];
+    for (name, value) in h {
+        let n = name.as_str();
+        // Ours are 14 to 18 bytes long and start with `x-`: most headers stop here.
+        if !(14..=18).contains(&n.len()) || !n.starts_with("x-") {
+            continue;
+        }
+        let Some(i) = NAMES.iter().position(|&k| k == n) else {
+            continue;
+        };
+        if f[i].replace(value).is_some() {
+            return Err(ForwardedError::Duplicate(NAMES[i]));
+        }
     }
-    let s = v.to_str().map_err(|_| ForwardedError::NotAscii(name))?;
-    if s.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-        return Err(ForwardedError::NotAscii(name));
-    }
-    Ok(Some(s))
+    Ok(f)
 }
 
-fn method<'a>(
-    h: &'a HeaderMap,
-    header: &'static HeaderName,
-) -> Result<Option<&'a str>, ForwardedError> {
-    match one(h, header)? {
+/// A field's value: visible ASCII, no spaces.
+fn text<'a>(f: &Fields<'a>, i: usize) -> Result<Option<&'a str>, ForwardedError> {
+    let Some(v) = f[i] else { return Ok(None) };
+    let b = v.as_bytes();
+    if b.iter().any(|c| !(0x21..0x7f).contains(c)) {
+        return Err(ForwardedError::NotAscii(NAMES[i]));
+    }
+    // Visible ASCII is UTF-8; `from_utf8` checks ASCII a word at a time.
+    std::str::from_utf8(b)
+        .map(Some)
+        .map_err(|_| ForwardedError::NotAscii(NAMES[i]))
+}
+
+fn method<'a>(f: &Fields<'a>, i: usize) -> Result<Option<&'a str>, ForwardedError> {
+    match text(f, i)? {
         None => Ok(None),
         Some(m) if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) => Ok(Some(m)),
-        Some(_) => Err(Invalid(header.as_str())),
+        Some(_) => Err(Invalid(NAMES[i])),
     }
 }
 
@@ -202,16 +226,17 @@ fn original_url<'a>(s: &'a str, method: &'a str) -> Result<Original<'a>, Forward
 }
 
 pub fn original(h: &HeaderMap) -> Result<Original<'_>, ForwardedError> {
-    let xm = method(h, &X_FORWARDED_METHOD)?;
-    let om = method(h, &X_ORIGINAL_METHOD)?;
+    let f = fields(h)?;
+    let xm = method(&f, FORWARDED_METHOD)?;
+    let om = method(&f, ORIGINAL_METHOD)?;
     if let (Some(a), Some(b)) = (om, xm) {
         if a != b {
             return Err(ForwardedError::Conflict);
         }
     }
     let method = om.or(xm).unwrap_or("GET");
-    let fwd = forwarded(h, method)?;
-    match (one(h, &X_ORIGINAL_URL)?, fwd) {
+    let fwd = forwarded(&f, method)?;
+    match (text(&f, ORIGINAL_URL)?, fwd) {
         (Some(url), fwd) => {
             let o = original_url(url, method)?;
             // Both present (a proxy that sends both, or a client adding one the proxy
@@ -235,14 +260,14 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, ForwardedError> {
 
 /// The request from `X-Forwarded-Host/-Proto/-Uri`, and whether all three were sent.
 fn forwarded<'a>(
-    h: &'a HeaderMap,
+    f: &Fields<'a>,
     method: &'a str,
 ) -> Result<Option<(Original<'a>, bool)>, ForwardedError> {
-    let Some(host) = one(h, &X_FORWARDED_HOST)? else {
+    let Some(host) = text(f, FORWARDED_HOST)? else {
         return Ok(None);
     };
-    let proto = one(h, &X_FORWARDED_PROTO)?;
-    let uri = one(h, &X_FORWARDED_URI)?;
+    let proto = text(f, FORWARDED_PROTO)?;
+    let uri = text(f, FORWARDED_URI)?;
     let https = match proto {
         None => false,
         Some(p) if p.eq_ignore_ascii_case("https") => true,
@@ -266,7 +291,6 @@ fn forwarded<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
 
     fn hm(pairs: &[(&'static str, &[u8])]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -404,6 +428,31 @@ mod tests {
         ];
         for c in cases {
             assert!(parse(&c).is_err(), "accepted {c:?}");
+        }
+    }
+
+    /// Other headers, repeated or not, and look-alike names do not count.
+    #[test]
+    fn only_the_forwarded_headers_count() {
+        let o = parse(&[
+            ("x-forwarded-for", b"192.0.2.1"),
+            ("x-forwarded-for", b"192.0.2.2"),
+            ("x-forwarded-hosts", b"evil.example"),
+            ("x-forwarded-hos", b"evil.example"),
+            ("forwarded-host", b"evil.example"),
+            ("x-forwarded-host", b"a.example.com"),
+            ("cookie", b"a=1"),
+            ("cookie", b"b=2"),
+        ])
+        .unwrap();
+        assert_eq!(o.2, "a.example.com");
+        for name in NAMES {
+            let dup = parse(&[
+                (name, b"x"),
+                (name, b"y"),
+                ("x-forwarded-host", b"a.example.com"),
+            ]);
+            assert_eq!(dup, Err(ForwardedError::Duplicate(name)), "{name}");
         }
     }
 
