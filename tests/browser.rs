@@ -17,12 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::proxy::{free_port, proxied_config, Kind, Proxy};
 use common::*;
-use http_body_util::Full;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Request;
 
 /// One browser at a time: the machine has two cores, and the stacks share them.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -120,46 +117,22 @@ fn app_answer(req: &Request<hyper::body::Incoming>) -> (&'static str, String) {
 
 impl App {
     async fn start() -> App {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let local = listener.local_addr().unwrap();
         let hosts = Arc::new(Mutex::new(HashMap::new()));
         let h = hosts.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let h = h.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let host = req
-                                .headers()
-                                .get("host")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .split(':')
-                                .next()
-                                .unwrap_or("")
-                                .to_string();
-                            *h.lock().unwrap().entry(host).or_insert(0) += 1;
-                            let (ctype, body) = app_answer(&req);
-                            async move {
-                                Ok::<_, std::convert::Infallible>(
-                                    Response::builder()
-                                        .header("content-type", ctype)
-                                        .header("cache-control", "no-store")
-                                        .body(Full::new(Bytes::from(body)))
-                                        .unwrap(),
-                                )
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let local = common::proxy::serve_app(move |req| {
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            *h.lock().unwrap().entry(host).or_insert(0) += 1;
+            app_answer(req)
+        })
+        .await;
         App {
             addr: local.to_string(),
             port: local.port(),

@@ -50,6 +50,44 @@ pub fn proxied_config(smtp_port: u16, port: u16, sections: &str) -> String {
         )
 }
 
+/// A hyper HTTP/1.1 app on an ephemeral loopback port, answering every request with
+/// `answer(request)`: `(content type, body)`. Returns its address; it runs until the test's
+/// runtime ends.
+pub async fn serve_app<F>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(&Request<hyper::body::Incoming>) -> (&'static str, String) + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (ctype, body) = answer(&req);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("content-type", ctype)
+                                .header("cache-control", "no-store")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    local
+}
+
 /// An upstream app that answers every request with what it received, as JSON:
 /// `{"path": "/x?y", "headers": [["name", "value"], ...]}`, and counts requests.
 pub struct EchoApp {
@@ -59,51 +97,31 @@ pub struct EchoApp {
 
 impl EchoApp {
     pub async fn start() -> EchoApp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let hits = Arc::new(Mutex::new(0u32));
         let h = hits.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let h = h.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: Request<hyper::body::Incoming>| {
-                            *h.lock().unwrap() += 1;
-                            let headers: Vec<(String, String)> = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| {
-                                    (
-                                        k.as_str().to_string(),
-                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                    )
-                                })
-                                .collect();
-                            let body = serde_json::json!({
-                                "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-                                "headers": headers,
-                            });
-                            async move {
-                                Ok::<_, std::convert::Infallible>(
-                                    Response::builder()
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(body.to_string())))
-                                        .unwrap(),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        EchoApp { addr, hits }
+        let addr = serve_app(move |req| {
+            *h.lock().unwrap() += 1;
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({
+                "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                "headers": headers,
+            });
+            ("application/json", body.to_string())
+        })
+        .await;
+        EchoApp {
+            addr: addr.to_string(),
+            hits,
+        }
     }
 
     pub fn hits(&self) -> u32 {
