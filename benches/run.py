@@ -29,7 +29,7 @@ DURATION = "3s" if QUICK else "10s"
 BIG = 100_000 if QUICK else 1_000_000
 WORKING_SET = 100_000
 CONNS = 32
-ROUNDS = 5
+ROUNDS = 9
 # --pin: the load generator on core 1, everything under test (authbase, the baseline
 # server, nginx, uvicorn) on core 0, both sides of every comparison alike (the sign-in
 # row runs unpinned). By default everything shares both cores, as when the targets were
@@ -139,12 +139,18 @@ def mid(xs):
 
 def alternate(a, b, rounds=ROUNDS, duration=DURATION):
     """Run the loads `a()` and `b()` (functions of a duration) one after the other,
-    `rounds` times. Returns both lists and the median of the per-round ratios b/a: each
-    ratio compares two runs seconds apart, so slow drifts of this shared machine cancel."""
+    `rounds` times, `a` first in even rounds and `b` first in odd ones. Returns both lists
+    and the median of the per-round ratios b/a: each ratio compares two runs seconds
+    apart, so slow drifts of this shared machine cancel, and a burst of noise that spoils
+    a few rounds moves the median of nine little."""
     ra, rb = [], []
-    for _ in range(rounds):
-        ra.append(a(duration))
-        rb.append(b(duration))
+    for i in range(rounds):
+        if i % 2 == 0:
+            ra.append(a(duration))
+            rb.append(b(duration))
+        else:
+            rb.append(b(duration))
+            ra.append(a(duration))
     return ra, rb, mid([y["rps"] / x["rps"] for x, y in zip(ra, rb)])
 
 
@@ -254,7 +260,7 @@ def main():
         # The same requests (same headers) to both, alternated round by round.
         bs, vs, ratio = alternate(lambda d: wrk(f"http://127.0.0.1:{bport}/verify", headers=hdrs, duration=d, pid=base.pid),
                                   lambda d: wrk(f"http://127.0.0.1:{aport}/verify", headers=hdrs, duration=d, pid=ab.pid),
-                                  duration="3s" if QUICK else "6s")
+                                  duration="2s" if QUICK else "4s")
         b = median(bs)
         v = median(vs)
         assert all(x["non2xx"] == 0 for x in vs), vs
@@ -279,7 +285,7 @@ def main():
         wrk(f"http://127.0.0.1:{pport}/verify", headers=hdrs, duration="2s")
         _, ps_, pratio = alternate(lambda d: wrk(f"http://127.0.0.1:{bport}/verify", headers=hdrs, duration=d),
                                    lambda d: wrk(f"http://127.0.0.1:{pport}/verify", headers=hdrs, duration=d),
-                                   duration="3s" if QUICK else "6s")
+                                   duration="2s" if QUICK else "4s")
         stop(ap)
         row("/verify without the assertion (assertion.enabled = false) (req/s)", median(ps_)["rps"], None, pratio,
             "(for reading)", True, "ratio against the minimal hyper server, as in the first row")
@@ -414,7 +420,7 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
     ss, bs, ratio = alternate(
         lambda d: wrk(f"http://127.0.0.1:{small_port}/verify", script=lua, env={"TOKENS": small_tokens}, duration=d, pid=small_pid),
         lambda d: wrk(f"http://127.0.0.1:{bigport}/verify", script=lua, env={"TOKENS": tokens_big}, duration=d, pid=abig.pid),
-        duration="3s" if QUICK else "6s")
+        duration="2s" if QUICK else "4s")
     assert all(x["non2xx"] == 0 for x in ss + bs), (ss, bs)
     peak = rss_kb(abig.pid, "VmHWM")
     per = lambda runs, k: mid([x[k] for x in runs])
