@@ -135,7 +135,9 @@ async fn watch_connection(
     progress: Arc<Progress>,
     limit: Duration,
 ) {
-    let tick = limit / 4;
+    // Config durations are whole seconds (≥ 1 s); the floor only keeps `interval` from
+    // ever seeing zero.
+    let tick = (limit / 4).max(Duration::from_millis(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = (0, 0);
