@@ -103,6 +103,7 @@ fn claims<'a>(signed: &'a Signed, iss: &'a str, aud: &'a str, now: i64, ttl: i64
     }
 }
 
+#[derive(Clone)]
 struct Cached {
     host: Box<str>,
     port: Option<u16>,
@@ -154,6 +155,13 @@ impl Tokens {
         } else if let Some(oldest) = v.iter_mut().min_by_key(|e| e.refresh_at) {
             *oldest = c;
         }
+    }
+
+    /// Replace these tokens with a copy of `other`'s (a session read again; the caller
+    /// checked the claims are the same).
+    pub fn copy_from(&self, other: &Tokens) {
+        let copy = other.lock().clone();
+        *self.lock() = copy;
     }
 
     #[cfg(test)]
@@ -236,6 +244,64 @@ mod tests {
             path: "/",
             method: "GET",
         }
+    }
+
+    /// A session read again from the database keeps its tokens only while their claims
+    /// still hold.
+    #[test]
+    fn a_re_read_session_keeps_its_tokens_only_if_its_claims_are_unchanged() {
+        let a = original("a.example", None);
+        let with_token = || {
+            let s = signed(&["ops"]);
+            s.tokens.put(Cached {
+                host: "a.example".into(),
+                port: None,
+                generation: 0,
+                refresh_at: 100,
+                value: HeaderValue::from_static("token"),
+            });
+            s
+        };
+        let same = signed(&["ops"]);
+        same.adopt_tokens(&with_token());
+        assert_eq!(same.tokens.get(&a, 0, 99).unwrap(), "token");
+
+        let regrouped = signed(&["ops", "admins"]);
+        regrouped.adopt_tokens(&with_token());
+        assert!(regrouped.tokens.get(&a, 0, 99).is_none(), "groups changed");
+
+        let mut readdressed = signed(&["ops"]);
+        readdressed.user.email = "ada@example.org".into();
+        readdressed.adopt_tokens(&with_token());
+        assert!(
+            readdressed.tokens.get(&a, 0, 99).is_none(),
+            "address changed"
+        );
+
+        let other = Signed::new(
+            SessionUser {
+                user_id: 43,
+                ..signed(&[]).user
+            },
+            &Default::default(),
+            session_ref(&[7; 32]),
+        );
+        other.adopt_tokens(&with_token());
+        assert!(other.tokens.get(&a, 0, 99).is_none(), "another user");
+
+        let other_session = Signed::new(
+            SessionUser {
+                groups: vec!["ops".into()],
+                ..signed(&[]).user
+            },
+            &Default::default(),
+            session_ref(&[8; 32]),
+        );
+        other_session.adopt_tokens(&with_token());
+        assert!(
+            other_session.tokens.get(&a, 0, 99).is_none(),
+            "another session"
+        );
     }
 
     #[test]

@@ -23,10 +23,10 @@ use crate::secrets::Hash;
 use crate::store::{now, SessionUser, StoreError};
 use crate::web;
 
-/// How long a cached session is trusted before it is read again from the database. A
-/// safety net: changes made by this process evict at once, and changes made by the
-/// admin CLI arrive through the revocation log within `REVOCATION_POLL` (the CLI waits
-/// for running servers to acknowledge them).
+/// How long a cached session is trusted before it is read again from the database, at
+/// most (see `trusted_for`). A safety net: changes made by this process evict at once,
+/// and changes made by the admin CLI arrive through the revocation log within
+/// `REVOCATION_POLL` (the CLI waits for running servers to acknowledge them).
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// How often a server looks for revocations made by other processes.
 pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
@@ -122,6 +122,19 @@ impl Signed {
             tokens: Default::default(),
         }
     }
+
+    /// Take over the assertions `old` (the same session, read earlier) was given, if
+    /// their claims still hold: same user, address and groups. A periodic re-read then
+    /// does not make the whole working set sign again; a changed identity signs anew.
+    pub fn adopt_tokens(&self, old: &Signed) {
+        if old.sid == self.sid
+            && old.user.user_id == self.user.user_id
+            && old.user.email == self.user.email
+            && old.groups == self.groups
+        {
+            self.tokens.copy_from(&old.tokens);
+        }
+    }
 }
 
 /// Keys are SHA-256 digests of session tokens, already uniformly distributed, and only
@@ -146,10 +159,22 @@ impl std::hash::Hasher for DigestHasher {
 
 type Shard = HashMap<Hash, Entry, std::hash::BuildHasherDefault<DigestHasher>>;
 
+/// How long one session is trusted after it was read: between 3/4 and all of
+/// `CACHE_TTL`, by a share taken from its key (a digest, so spread evenly over sessions;
+/// bytes the shard and map hash do not use). A working set cached at once — every
+/// active session, minutes after a restart — is then read again over 75 s rather than
+/// in the same second, and stays spread: each entry keeps its own period.
+fn trusted_for(h: &Hash) -> Duration {
+    let share = u64::from_le_bytes(h[24..32].try_into().expect("8 of 32 bytes"));
+    let spread = CACHE_TTL.as_millis() as u64 / 4;
+    CACHE_TTL - Duration::from_millis(share % (spread + 1))
+}
+
 #[derive(Clone)]
 struct Entry {
     user: Arc<Signed>,
-    fetched: Instant,
+    /// Read again from the database from then on (`trusted_for`).
+    stale_at: Instant,
     last_seen_at: i64,
 }
 
@@ -223,7 +248,7 @@ impl SessionCache {
             h,
             Entry {
                 user,
-                fetched: Instant::now(),
+                stale_at: Instant::now() + trusted_for(&h),
                 last_seen_at,
             },
         );
@@ -291,8 +316,11 @@ pub async fn current_at(
             "the revocation log has not been readable for a while".into(),
         ));
     }
+    // A cached session due to be read again: its assertions carry over if the database
+    // says the same (see `Signed::adopt_tokens`).
+    let mut stale = None;
     if let Some(e) = cache.get(&hash) {
-        if at.saturating_duration_since(e.fetched) < CACHE_TTL {
+        if at < e.stale_at {
             if e.user.user.expires_at <= t || (idle > 0 && e.last_seen_at + idle <= t) {
                 cache.evict(&hash);
                 return Ok(None);
@@ -304,6 +332,7 @@ pub async fn current_at(
             }
             return Ok(Some(e.user));
         }
+        stale = Some(e.user);
     }
     let epoch = cache.epoch.load(Ordering::Acquire);
     let Some(mut s) = app.store.session(hash, t, idle).await? else {
@@ -317,11 +346,15 @@ pub async fn current_at(
         let _ = app.activity.try_send((s.session_id, t));
         s.last_seen_at = t;
     }
-    let signed = Arc::new(Signed::new(
+    let signed = Signed::new(
         s,
         &app.cfg.derived.access,
         crate::assertion::session_ref(&hash),
-    ));
+    );
+    if let Some(old) = stale {
+        signed.adopt_tokens(&old);
+    }
+    let signed = Arc::new(signed);
     cache.insert(hash, signed.clone(), epoch);
     Ok(Some(signed))
 }
@@ -568,6 +601,25 @@ mod tests {
             &Default::default(),
             crate::assertion::session_ref(&[0; 32]),
         ))
+    }
+
+    /// Re-reads of sessions cached together are spread over the last quarter of
+    /// `CACHE_TTL`, never later than it.
+    #[test]
+    fn cached_sessions_are_read_again_within_the_last_quarter_of_the_ttl() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0u32..5000 {
+            let h = crate::secrets::hash_bytes(&i.to_le_bytes());
+            let d = trusted_for(&h);
+            assert!(d <= CACHE_TTL && d >= CACHE_TTL * 3 / 4, "{d:?}");
+            seen.insert(d.as_secs());
+        }
+        // Every second of the window is used by some session.
+        let window = CACHE_TTL.as_secs() * 3 / 4..CACHE_TTL.as_secs();
+        assert!(
+            window.clone().all(|s| seen.contains(&s)),
+            "{window:?}: {seen:?}"
+        );
     }
 
     #[test]
