@@ -184,6 +184,7 @@ pub fn header(app: &App, signed: &Signed, o: &Original, now: i64) -> Result<Head
     let token = ring
         .sign(&claims(signed, app.cfg.public_base(), &aud, now, ttl))
         .map_err(|e| AppError::Internal(format!("cannot sign an assertion: {e}")))?;
+    app.metrics.assertion_signed();
     // Shrunk to fit: the cache keeps one per session and host, and the signer's string
     // may carry spare capacity.
     let value =

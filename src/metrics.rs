@@ -119,6 +119,7 @@ pub struct Metrics {
     mail: [AtomicU64; 4],
     rate_limited: [AtomicU64; LIMITS.len()],
     access_denied: AtomicU64,
+    assertions_signed: AtomicU64,
     started: u64,
 }
 
@@ -151,6 +152,7 @@ impl Metrics {
             mail: Default::default(),
             rate_limited: Default::default(),
             access_denied: AtomicU64::new(0),
+            assertions_signed: AtomicU64::new(0),
             started: crate::store::now() as u64,
         }
     }
@@ -189,6 +191,11 @@ impl Metrics {
 
     pub fn access_denied(&self) {
         self.access_denied.fetch_add(1, Relaxed);
+    }
+
+    /// An `X-User-Assertion` was signed (a cache hit reuses one and does not count).
+    pub fn assertion_signed(&self) {
+        self.assertions_signed.fetch_add(1, Relaxed);
     }
 
     /// The exposition text.
@@ -351,6 +358,17 @@ impl Metrics {
             o,
             "authbase_access_denied_total {}",
             self.access_denied.load(Relaxed)
+        );
+        head(
+            &mut o,
+            "authbase_assertions_signed_total",
+            "counter",
+            "X-User-Assertion tokens signed (reused ones are not counted).",
+        );
+        let _ = writeln!(
+            o,
+            "authbase_assertions_signed_total {}",
+            self.assertions_signed.load(Relaxed)
         );
         head(
             &mut o,

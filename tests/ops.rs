@@ -148,6 +148,8 @@ async fn metrics_count_what_happens_and_parse_as_prometheus_text() {
         1.0
     );
     assert_eq!(metric(&m, "authbase_running_servers{}"), 1.0);
+    // Two 200s for one session and host: one assertion signed, then reused.
+    assert_eq!(metric(&m, "authbase_assertions_signed_total{}"), 1.0);
     let info = m
         .keys()
         .find(|k| k.starts_with("authbase_build_info{"))
