@@ -22,7 +22,8 @@ BENCH = os.path.join(ROOT, "benches")
 AUTHBASE = os.path.join(ROOT, "target/release/authbase")
 BASELINE = os.path.join(ROOT, "target/release/examples/baseline")
 QUICK = "--quick" in sys.argv
-# --only=verify,nginx,original,scale,signin runs a subset (verify always runs).
+# --only=verify,nginx,original,scale,signin runs a subset (verify always runs);
+# --only=steady adds the sustained run (7 minutes; not in the default set).
 ONLY = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")),
             ["verify", "nginx", "original", "scale", "signin"])
 DURATION = "3s" if QUICK else "10s"
@@ -311,6 +312,8 @@ def main():
             warm(aport, tokens_small, 1000)
             bench_scale(tmp, row, aport, ab.pid, cycled)
         stop(ab)
+        if "steady" in ONLY:
+            bench_steady(tmp, row)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -434,6 +437,44 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
         + f", wrk's {per(bs, 'wrk_us_per_req'):.1f} vs {per(ss, 'wrk_us_per_req'):.1f} us")
     row("peak RSS under that load (MB)", peak / 1024, None, None, "<= 150 MB", peak / 1024 <= 150)
     stop(abig)
+
+
+def metric(port, name):
+    for line in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise SystemExit(f"{name} missing from /metrics")
+
+
+def bench_steady(tmp, row):
+    """Sustained load on a 100k working set cached at once (as after a restart), in 10 s
+    slices for longer than the cache's re-read period (5 minutes) and several assertion
+    lifetimes: the worst slice against the median shows what periodic work (re-reads,
+    re-signing) does to throughput when it comes all at once."""
+    d = os.path.join(tmp, "steady"); os.makedirs(d)
+    print("seeding the sustained run ...", flush=True)
+    tokens = seeded_db(d, WORKING_SET)
+    port = free_port()
+    a = authbase(d, port)
+    warm(port, tokens, WORKING_SET)
+    lua = os.path.join(BENCH, "verify.lua")
+    t0 = time.time()
+    slices = []
+    signed0 = metric(port, "authbase_assertions_signed_total")
+    while time.time() - t0 < (60 if QUICK else 400):
+        x = wrk(f"http://127.0.0.1:{port}/verify", script=lua, env={"TOKENS": tokens}, duration="10s", pid=a.pid)
+        assert x["non2xx"] == 0, x
+        slices.append(x)
+        print(f"  t={time.time() - t0:4.0f}s {x['rps']:8,.0f} req/s, server {x['us_per_req']:.1f} us/req", flush=True)
+    signs = metric(port, "authbase_assertions_signed_total") - signed0
+    elapsed = time.time() - t0
+    stop(a)
+    rps = [x["rps"] for x in slices]
+    worst, med = min(rps), mid(rps)
+    row(f"/verify sustained {elapsed / 60:.1f} min, 100k working set: worst 10 s slice (req/s)", worst, med, worst / med,
+        "(for reading)", True,
+        f"baseline: the median slice; slices: {' '.join(f'{r / 1000:.0f}k' for r in rps)}; "
+        f"{signs / elapsed:,.0f} assertions signed per second on average")
 
 
 def bench_signin(tmp, row):
