@@ -422,10 +422,12 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
     print("warming the 100k working set ...", flush=True)
     warm(bigport, tokens_big, WORKING_SET)
     lua = os.path.join(BENCH, "verify.lua")
+    signed0, t0 = metric(bigport, "authbase_assertions_signed_total"), time.time()
     ss, bs, ratio = alternate(
         lambda d: wrk(f"http://127.0.0.1:{small_port}/verify", script=lua, env={"TOKENS": small_tokens}, duration=d, pid=small_pid),
         lambda d: wrk(f"http://127.0.0.1:{bigport}/verify", script=lua, env={"TOKENS": tokens_big}, duration=d, pid=abig.pid),
         duration="2s" if QUICK else "4s")
+    signs = (metric(bigport, "authbase_assertions_signed_total") - signed0) / (time.time() - t0)
     assert all(x["non2xx"] == 0 for x in ss + bs), (ss, bs)
     peak = rss_kb(abig.pid, "VmHWM")
     per = lambda runs, k: mid([x[k] for x in runs])
@@ -434,9 +436,29 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
         f"baseline: the same load on 1,000 sessions; ratio = median of {ROUNDS} alternated rounds: "
         + " ".join(f"{y['rps'] / x['rps']:.2f}" for x, y in zip(ss, bs))
         + f"; server CPU per request {per(bs, 'us_per_req'):.1f} vs {per(ss, 'us_per_req'):.1f} us"
-        + f", wrk's {per(bs, 'wrk_us_per_req'):.1f} vs {per(ss, 'wrk_us_per_req'):.1f} us")
+        + f", wrk's {per(bs, 'wrk_us_per_req'):.1f} vs {per(ss, 'wrk_us_per_req'):.1f} us"
+        + f"; the 100k side signed {signs:,.0f} assertions per second (the working set's tokens expire)")
     row("peak RSS under that load (MB)", peak / 1024, None, None, "<= 150 MB", peak / 1024 <= 150)
     stop(abig)
+    # The same pair with `assertion.enabled = false`: what the working set costs without
+    # signing (both sides fresh servers on the same databases).
+    off = "[assertion]\nenabled = false\n"
+    sport, bport2 = free_port(), free_port()
+    small_off = authbase(os.path.join(tmp, "plain"), sport, off)
+    big_off = authbase(big, bport2, off)
+    warm(sport, small_tokens, 1000)
+    warm(bport2, tokens_big, WORKING_SET)
+    so, bo, oratio = alternate(
+        lambda d: wrk(f"http://127.0.0.1:{sport}/verify", script=lua, env={"TOKENS": small_tokens}, duration=d, pid=small_off.pid),
+        lambda d: wrk(f"http://127.0.0.1:{bport2}/verify", script=lua, env={"TOKENS": tokens_big}, duration=d, pid=big_off.pid),
+        duration="2s" if QUICK else "4s")
+    assert all(x["non2xx"] == 0 for x in so + bo), (so, bo)
+    row("  the same without the assertion (assertion.enabled = false) (req/s)", median(bo)["rps"], median(so)["rps"], oratio,
+        "(for reading)", True,
+        "rounds: " + " ".join(f"{y['rps'] / x['rps']:.2f}" for x, y in zip(so, bo))
+        + f"; server CPU per request {per(bo, 'us_per_req'):.1f} vs {per(so, 'us_per_req'):.1f} us")
+    stop(small_off)
+    stop(big_off)
 
 
 def metric(port, name):
