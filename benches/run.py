@@ -422,12 +422,13 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
     print("warming the 100k working set ...", flush=True)
     warm(bigport, tokens_big, WORKING_SET)
     lua = os.path.join(BENCH, "verify.lua")
-    signed0, t0 = metric(bigport, "authbase_assertions_signed_total"), time.time()
+    signed0 = metric(bigport, "authbase_assertions_signed_total")
     ss, bs, ratio = alternate(
         lambda d: wrk(f"http://127.0.0.1:{small_port}/verify", script=lua, env={"TOKENS": small_tokens}, duration=d, pid=small_pid),
         lambda d: wrk(f"http://127.0.0.1:{bigport}/verify", script=lua, env={"TOKENS": tokens_big}, duration=d, pid=abig.pid),
         duration="2s" if QUICK else "4s")
-    signs = (metric(bigport, "authbase_assertions_signed_total") - signed0) / (time.time() - t0)
+    # Per second of its own load (it signs only when asked; the 1k side has the rest).
+    signs = (metric(bigport, "authbase_assertions_signed_total") - signed0) / (len(bs) * (2 if QUICK else 4))
     assert all(x["non2xx"] == 0 for x in ss + bs), (ss, bs)
     peak = rss_kb(abig.pid, "VmHWM")
     per = lambda runs, k: mid([x[k] for x in runs])
@@ -437,7 +438,7 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
         + " ".join(f"{y['rps'] / x['rps']:.2f}" for x, y in zip(ss, bs))
         + f"; server CPU per request {per(bs, 'us_per_req'):.1f} vs {per(ss, 'us_per_req'):.1f} us"
         + f", wrk's {per(bs, 'wrk_us_per_req'):.1f} vs {per(ss, 'wrk_us_per_req'):.1f} us"
-        + f"; the 100k side signed {signs:,.0f} assertions per second (the working set's tokens expire)")
+        + f"; the 100k side signed {signs:,.0f} assertions per second of its load (the working set's tokens expire)")
     row("peak RSS under that load (MB)", peak / 1024, None, None, "<= 150 MB", peak / 1024 <= 150)
     stop(abig)
     # The same pair with `assertion.enabled = false`: what the working set costs without

@@ -282,6 +282,7 @@ mod tests {
         let other = Signed::new(
             SessionUser {
                 user_id: 43,
+                groups: vec!["ops".into()],
                 ..signed(&[]).user
             },
             &Default::default(),

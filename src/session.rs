@@ -622,6 +622,98 @@ mod tests {
         );
     }
 
+    struct NoEnv;
+    impl crate::config::Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    /// Pretend the revocation log was read at `at` (the tests move the clock forward).
+    fn synced_at(c: &SessionCache, at: Instant) {
+        let ms = at.duration_since(c.base).as_millis() as u64 + 1;
+        c.synced.store(ms, Ordering::Release);
+    }
+
+    /// Through `current_at` and a real database: an entry past its time is read again,
+    /// and keeps its assertion (no new signature) unless its claims changed meanwhile.
+    #[tokio::test]
+    async fn a_session_read_again_keeps_its_assertion_unless_its_claims_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let cfg = crate::config::Config::from_toml(
+            &format!(
+                "database = \"{d}/a.db\"\nsecret_key_file = \"{d}/a.key\"\n\
+                 public_url = \"https://auth.example.com\"\n\
+                 redirect_url = \"https://app.example.com/\"\n\
+                 [cookie]\ndomain = \"example.com\"\n[email]\ntransport = \"log\"\n"
+            ),
+            &NoEnv,
+        )
+        .unwrap();
+        let (app, _background) = crate::prepare(cfg).unwrap();
+        let (session, link) =
+            crate::store::test_sign_in_request(&app.store, "ada@example.com").await;
+        let done = app
+            .store
+            .confirm_same_browser(link, session, now(), 3600)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut h = HeaderMap::new();
+        let cookie = format!("{}={}", app.cfg.cookie.name, done.token);
+        h.insert(
+            hyper::header::COOKIE,
+            HeaderValue::from_str(&cookie).unwrap(),
+        );
+        let o = crate::forwarded::Original {
+            https: true,
+            host: "app.example.com".into(),
+            port: None,
+            path: "/",
+            method: "GET",
+        };
+        let signatures = || {
+            let text = app.metrics.render(&Default::default());
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("authbase_assertions_signed_total "))
+                .unwrap()
+                .to_string();
+            line.split(' ').nth(1).unwrap().parse::<u64>().unwrap()
+        };
+        let (t, at) = (now(), Instant::now());
+        synced_at(&app.sessions, at);
+        let first = current_at(&app, &h, t, at).await.unwrap().unwrap();
+        let token = crate::assertion::header(&app, &first, &o, t).unwrap();
+        assert_eq!(signatures(), 1);
+
+        // Past CACHE_TTL: a new entry from the database, the same token, no signature.
+        let later = at + CACHE_TTL + Duration::from_secs(1);
+        synced_at(&app.sessions, later);
+        let again = current_at(&app, &h, t, later).await.unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&first, &again), "not read again");
+        assert_eq!(
+            crate::assertion::header(&app, &again, &o, t).unwrap(),
+            token
+        );
+        assert_eq!(signatures(), 1, "the token was not carried over");
+
+        // A group added in the database (no eviction here): the next re-read has it,
+        // and the token is signed anew with it.
+        app.store
+            .set_user_groups("ada@example.com".into(), vec!["ops".into()], vec![], t)
+            .await
+            .unwrap();
+        let latest = later + CACHE_TTL + Duration::from_secs(1);
+        synced_at(&app.sessions, latest);
+        let regrouped = current_at(&app, &h, t, latest).await.unwrap().unwrap();
+        assert_eq!(regrouped.groups, ["ops"]);
+        let new_token = crate::assertion::header(&app, &regrouped, &o, t).unwrap();
+        assert_ne!(new_token, token);
+        assert_eq!(signatures(), 2);
+    }
+
     #[test]
     fn bounded() {
         let c = SessionCache::new(160);

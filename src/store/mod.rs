@@ -10,6 +10,10 @@ mod outbox;
 mod servers;
 mod users;
 
+/// For other modules' tests: a sign-in request for an address, as the handler makes it.
+#[cfg(test)]
+pub(crate) use users::tests::request as test_sign_in_request;
+
 pub use keys::StoredKey;
 pub use outbox::{
     ApiMailRefusal, Lane, MailFilter, MailOutcome, MailRow, NewApiMail, OutboxItem, Queued,

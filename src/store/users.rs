@@ -493,7 +493,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::secrets;
     use crate::store::{now, NewSignIn};
@@ -523,7 +523,7 @@ mod tests {
     }
 
     /// A sign-in request with its queued mail; returns (session hash, link hash).
-    async fn request(s: &Store, email: &str) -> (secrets::Hash, secrets::Hash) {
+    pub(crate) async fn request(s: &Store, email: &str) -> (secrets::Hash, secrets::Hash) {
         let (session_hash, link_hash) = (secrets::random::<32>(), secrets::random::<32>());
         let started = s
             .start_sign_in(NewSignIn {
