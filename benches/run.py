@@ -391,11 +391,16 @@ def bench_original(tmp, row, v, one):
     stop(uv)
 
 
-def cached_sessions(port):
+def metric(port, name):
+    """One unlabelled value from authbase's /metrics."""
     for line in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode().splitlines():
-        if line.startswith("authbase_sessions_cached "):
-            return int(float(line.split()[1]))
-    raise SystemExit("authbase_sessions_cached missing from /metrics")
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise SystemExit(f"{name} missing from /metrics")
+
+
+def cached_sessions(port):
+    return int(metric(port, "authbase_sessions_cached"))
 
 
 def warm(port, tokens, n):
@@ -442,7 +447,8 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
     row("peak RSS under that load (MB)", peak / 1024, None, None, "<= 150 MB", peak / 1024 <= 150)
     stop(abig)
     # The same pair with `assertion.enabled = false`: what the working set costs without
-    # signing (both sides fresh servers on the same databases).
+    # signing (fresh servers: the big side on the same database, the small side on the
+    # copy of the 1,000-session database made for the first rows).
     off = "[assertion]\nenabled = false\n"
     sport, bport2 = free_port(), free_port()
     small_off = authbase(os.path.join(tmp, "plain"), sport, off)
@@ -460,13 +466,6 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
         + f"; server CPU per request {per(bo, 'us_per_req'):.1f} vs {per(so, 'us_per_req'):.1f} us")
     stop(small_off)
     stop(big_off)
-
-
-def metric(port, name):
-    for line in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise SystemExit(f"{name} missing from /metrics")
 
 
 def bench_steady(tmp, row):

@@ -1116,7 +1116,7 @@ pub fn host_within(host: &str, domain: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The one-pass `is_dns_name` answers as the label-by-label definition it replaced.
@@ -1162,7 +1162,8 @@ mod tests {
         assert!(is_dns_name(&max[2..], false) && reference(&max[2..], false));
     }
 
-    struct NoEnv;
+    /// No environment variables (for other modules' tests too).
+    pub(crate) struct NoEnv;
     impl Env for NoEnv {
         fn var(&self, _: &str) -> Option<String> {
             None

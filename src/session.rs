@@ -622,13 +622,6 @@ mod tests {
         );
     }
 
-    struct NoEnv;
-    impl crate::config::Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
-
     /// Pretend the revocation log was read at `at` (the tests move the clock forward).
     fn synced_at(c: &SessionCache, at: Instant) {
         let ms = at.duration_since(c.base).as_millis() as u64 + 1;
@@ -648,7 +641,7 @@ mod tests {
                  redirect_url = \"https://app.example.com/\"\n\
                  [cookie]\ndomain = \"example.com\"\n[email]\ntransport = \"log\"\n"
             ),
-            &NoEnv,
+            &crate::config::tests::NoEnv,
         )
         .unwrap();
         let (app, _background) = crate::prepare(cfg).unwrap();
