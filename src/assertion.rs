@@ -64,8 +64,8 @@ impl SessionRef {
 /// out over a few lifetimes as their periods differ). (Ed25519 signing costs ~25 µs
 /// here, a hit ~2 µs.)
 fn reuse_for(sid: &SessionRef, ttl: i64) -> i64 {
-    let spread = u64::from_le_bytes(sid.0[..8].try_into().expect("8 of 16 bytes"));
-    ttl / 2 + (spread % (ttl / 4 + 1) as u64) as i64
+    let first8 = sid.0[..8].try_into().expect("8 of 16 bytes");
+    ttl / 2 + crate::secrets::share(first8, (ttl / 4) as u64) as i64
 }
 
 /// The `aud` claim for a request: its host as the proxy forwarded it, lowercase, without

@@ -48,6 +48,12 @@ pub fn hash_bytes(b: &[u8]) -> Hash {
     Sha256::digest(b).into()
 }
 
+/// A share in `0..=n` taken from 8 bytes of a digest (uniform, since the digest is), to
+/// spread periodic work over many keys: each key keeps its share, keys differ.
+pub fn share(digest8: [u8; 8], n: u64) -> u64 {
+    u64::from_le_bytes(digest8) % (n + 1)
+}
+
 /// A token from a client is only worth hashing when it has the shape we issue; this keeps
 /// garbage, huge and non-ASCII cookies away from the database.
 pub fn well_formed(token: &str) -> bool {

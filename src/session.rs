@@ -165,9 +165,9 @@ type Shard = HashMap<Hash, Entry, std::hash::BuildHasherDefault<DigestHasher>>;
 /// active session, minutes after a restart — is then read again over 75 s rather than
 /// in the same second, and stays spread: each entry keeps its own period.
 fn trusted_for(h: &Hash) -> Duration {
-    let share = u64::from_le_bytes(h[24..32].try_into().expect("8 of 32 bytes"));
+    let last8 = h[24..32].try_into().expect("8 of 32 bytes");
     let spread = CACHE_TTL.as_millis() as u64 / 4;
-    CACHE_TTL - Duration::from_millis(share % (spread + 1))
+    CACHE_TTL - Duration::from_millis(crate::secrets::share(last8, spread))
 }
 
 #[derive(Clone)]
