@@ -53,14 +53,20 @@ impl From<String> for Report {
 
 pub(crate) fn open(cfg: &Config) -> Result<Store, AdminError> {
     // A typo in `database` must not quietly create an empty database and "succeed".
-    if !std::path::Path::new(&cfg.database).exists() {
+    if !crate::store::db::is_postgres(&cfg.database)
+        && !std::path::Path::new(&cfg.database).exists()
+    {
         return Err(AdminError::Unavailable(format!(
             "database {} does not exist: check `database` in the config (or start the server once to create it)",
             cfg.database
         )));
     }
-    Store::open(cfg.database.as_ref(), Duration::from_secs(5))
-        .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", cfg.database)))
+    Store::open(&cfg.database, Duration::from_secs(5)).map_err(|e| {
+        AdminError::Unavailable(format!(
+            "database {}: {e}",
+            crate::store::db::shown(&cfg.database)
+        ))
+    })
 }
 
 /// A normalised address; `what` names the argument in the error.
@@ -437,11 +443,11 @@ pub async fn keys_rotate(cfg: &Config) -> Result<Report, AdminError> {
 /// `authbase migrate`: create the database if needed and bring its schema up to date
 /// (servers do this on start too; this is for deployment steps and checks).
 pub async fn migrate(cfg: &Config) -> Result<Report, AdminError> {
-    let path = std::path::Path::new(&cfg.database);
-    let before = Store::schema_version(path)
-        .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", cfg.database)))?;
-    Store::open(path, Duration::from_secs(5))
-        .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", cfg.database)))?;
+    let shown = crate::store::db::shown(&cfg.database);
+    let before = Store::schema_version(&cfg.database)
+        .map_err(|e| AdminError::Unavailable(format!("database {shown}: {e}")))?;
+    Store::open(&cfg.database, Duration::from_secs(5))
+        .map_err(|e| AdminError::Unavailable(format!("database {shown}: {e}")))?;
     let latest = Store::latest_schema();
     Ok(match before {
         None => format!("created {} at schema version {latest}\n", cfg.database),

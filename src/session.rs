@@ -632,11 +632,11 @@ mod tests {
     /// and keeps its assertion (no new signature) unless its claims changed meanwhile.
     #[tokio::test]
     async fn a_session_read_again_keeps_its_assertion_unless_its_claims_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
+        let db = crate::store::testing::database();
+        let (database, d) = (&db.database, db.dir.path().display());
         let cfg = crate::config::Config::from_toml(
             &format!(
-                "database = \"{d}/a.db\"\nsecret_key_file = \"{d}/a.key\"\n\
+                "database = \"{database}\"\nsecret_key_file = \"{d}/a.key\"\n\
                  public_url = \"https://auth.example.com\"\n\
                  redirect_url = \"https://app.example.com/\"\n\
                  [cookie]\ndomain = \"example.com\"\n[email]\ntransport = \"log\"\n"

@@ -72,22 +72,24 @@ async fn verify(ab: &Authbase, url: &str, cookie: Option<&str>) -> Resp {
     send(&ab.addr, Method::GET, "/verify", &h, Bytes::new()).await
 }
 
-fn db(ab: &Authbase) -> rusqlite::Connection {
-    rusqlite::Connection::open(ab.db_path()).unwrap()
-}
-
 /// `(event, email, detail)` of every audit row, oldest first.
 fn audit_rows(ab: &Authbase) -> Vec<(String, String, String, String, String)> {
-    let c = db(ab);
-    let mut st = c
-        .prepare("SELECT event, email, detail, ip, user_agent FROM audit ORDER BY id")
-        .unwrap();
-    st.query_map([], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+    let text = |v: &SqlValue| match v {
+        SqlValue::Text(t) => t.clone(),
+        other => panic!("not text: {other:?}"),
+    };
+    ab.sql("SELECT event, email, detail, ip, user_agent FROM audit ORDER BY id")
+        .iter()
+        .map(|r| {
+            (
+                text(&r[0]),
+                text(&r[1]),
+                text(&r[2]),
+                text(&r[3]),
+                text(&r[4]),
+            )
+        })
+        .collect()
 }
 
 /// Audit rows are written once a second; wait (bounded) until `pred` holds.
@@ -171,9 +173,9 @@ async fn only_allowed_addresses_get_mail_and_every_answer_looks_the_same() {
     sign_in(&ab, &smtp, known).await;
     let blocked = "blk1@acme.test";
     sign_in(&ab, &smtp, blocked).await;
-    db(&ab)
-        .execute("UPDATE users SET blocked = 1 WHERE email = ?1", [blocked])
-        .unwrap();
+    ab.sql(&format!(
+        "UPDATE users SET blocked = 1 WHERE email = '{blocked}'"
+    ));
     let sent_before = smtp.messages().len();
     let mut expected = sent_before;
     let cases = [
@@ -279,16 +281,14 @@ async fn only_allowed_addresses_get_mail_and_every_answer_looks_the_same() {
         );
     }
     // A refused address's request is stored silent: no mail queued, never signs in.
-    let (silent, queued): (i64, i64) = db(&ab)
-        .query_row(
-            "SELECT COUNT(*), (SELECT COUNT(*) FROM outbox o JOIN sign_in_requests r ON r.id = o.request_id
-                                JOIN users u ON u.id = r.user_id WHERE u.email LIKE 'eve%')
-               FROM sign_in_requests r JOIN users u ON u.id = r.user_id
-              WHERE r.silent = 1 AND (u.email LIKE 'eve%' OR u.email = 'blk1@acme.test')",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    // (substr, not LIKE: PostgreSQL has no LIKE on a case-insensitive collation)
+    let row = ab.sql(
+        "SELECT COUNT(*), (SELECT COUNT(*) FROM outbox o JOIN sign_in_requests r ON r.id = o.request_id
+                            JOIN users u ON u.id = r.user_id WHERE substr(u.email, 1, 3) = 'eve')
+           FROM sign_in_requests r JOIN users u ON u.id = r.user_id
+          WHERE r.silent = 1 AND (substr(u.email, 1, 3) = 'eve' OR u.email = 'blk1@acme.test')",
+    );
+    let (silent, queued) = (row[0][0].int(), row[0][1].int());
     assert_eq!((silent, queued), (6, 0));
     let rows = audit_rows(&ab);
     let refused: Vec<_> = rows.iter().filter(|r| r.0 == "sign_in_refused").collect();
@@ -305,14 +305,11 @@ async fn only_allowed_addresses_get_mail_and_every_answer_looks_the_same() {
     // Even the right code (derived like any request's) never signs a refused address in.
     let mut b = ab.browser();
     b.post_form("/auth", &[("email", "eve3@evil.test")]).await;
-    let salt: Vec<u8> = db(&ab)
-        .query_row(
-            "SELECT r.salt FROM sign_in_requests r JOIN users u ON u.id = r.user_id
-              WHERE u.email = 'eve3@evil.test'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let salt: Vec<u8> = ab.sql(
+        "SELECT r.salt FROM sign_in_requests r JOIN users u ON u.id = r.user_id
+          WHERE u.email = 'eve3@evil.test'",
+    )[0][0]
+        .blob();
     let key =
         authbase::secrets::ServerKey::load_or_create(&ab.dir.path().join("authbase.key")).unwrap();
     let r = b
@@ -340,12 +337,9 @@ async fn rules_decide_per_host_and_path_first_match_wins() {
     let ab = Authbase::start(&config(&smtp, ACCESS));
     let alice = sign_in(&ab, &smtp, "alic@acme.test").await;
     let bob = sign_in(&ab, &smtp, "bobb@ctr1.test").await;
-    db(&ab)
-        .execute(
-            "INSERT INTO user_groups (user_id, name) SELECT id, 'ops' FROM users WHERE email = 'bobb@ctr1.test'",
-            [],
-        )
-        .unwrap();
+    ab.sql(
+        "INSERT INTO user_groups (user_id, name) SELECT id, 'ops' FROM users WHERE email = 'bobb@ctr1.test'",
+    );
     // (url, cookie, status) — None: not signed in.
     let cases: &[(&str, Option<&str>, u16)] = &[
         // Bypass: public without a session, also for signed-in users; only its paths.

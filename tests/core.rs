@@ -714,7 +714,7 @@ async fn return_url_is_carried_through_sign_in_and_validated() {
 
 #[tokio::test]
 async fn no_secret_in_the_database_its_wal_or_the_logs() {
-    let (smtp, ab) = setup();
+    let (smtp, ab) = setup_with(SQLITE_ONLY, "");
     let mut a = ab.browser();
     let (_, mail) = request_link(&mut a, &smtp, "quinn@example.com").await;
     let pending = a.session().cloned().unwrap();

@@ -537,7 +537,12 @@ async fn a_blackholed_smtp_server_delays_mail_not_answers() {
 /// `-wal` must not be applied to another file).
 #[tokio::test]
 async fn a_missing_or_replaced_database_fails_closed_and_recovers() {
-    let (smtp, ab) = setup("");
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(
+        smtp.port,
+        SQLITE_ONLY,
+        "[cookie]\ndomain = \"test.localhost\"\n",
+    ));
     let cookie = sign_in(&ab, &smtp, "ida@example.com").await;
     let url = "http://app.test.localhost/";
     // Cached now.
@@ -623,7 +628,12 @@ async fn a_missing_or_replaced_database_fails_closed_and_recovers() {
 /// again once the lock is gone.
 #[tokio::test]
 async fn an_exclusive_lock_held_elsewhere_gives_503_not_2xx_and_passes() {
-    let (smtp, ab) = setup("");
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(
+        smtp.port,
+        SQLITE_ONLY,
+        "[cookie]\ndomain = \"test.localhost\"\n",
+    ));
     let cookie = sign_in(&ab, &smtp, "jo@example.com").await;
     let db = ab.db_path();
     let mut locker = std::process::Command::new("python3")

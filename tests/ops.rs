@@ -239,7 +239,7 @@ async fn json_logs_parse_and_hold_no_secret_after_a_whole_flow() {
 #[tokio::test]
 async fn readyz_follows_the_database_file_and_smtp_outages_do_not_count() {
     let smtp = Smtp::start();
-    let ab = Authbase::start(&test_config(smtp.port, "", ""));
+    let ab = Authbase::start(&test_config(smtp.port, SQLITE_ONLY, ""));
     assert_eq!(get(&ab.addr, "/readyz").await.status, 200);
     let db = ab.db_path();
     let moved = db.with_extension("moved");
@@ -293,7 +293,7 @@ async fn migrate_creates_and_is_idempotent() {
 #[tokio::test]
 async fn a_backup_taken_while_serving_is_served_by_a_fresh_authbase() {
     let smtp = Smtp::start();
-    let ab = Authbase::start(&test_config(smtp.port, "", ""));
+    let ab = Authbase::start(&test_config(smtp.port, SQLITE_ONLY, ""));
     let mut b = ab.browser();
     let (_, mail) = request_link(&mut b, &smtp, "bak@example.com").await;
     assert_eq!(b.get(&mail.link_path()).await.status, 303);
@@ -316,7 +316,7 @@ async fn a_backup_taken_while_serving_is_served_by_a_fresh_authbase() {
         dir.path().join("authbase.key"),
     )
     .unwrap();
-    let restored = Authbase::start_in(dir, &test_config(smtp.port, "", ""));
+    let restored = Authbase::start_in(dir, &test_config(smtp.port, SQLITE_ONLY, ""));
     let mut same = b.clone();
     same.addr = restored.addr.clone();
     let r = same.me().await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use super::db::{args, Db};
 
 use super::{users, Result, Store, StoreError};
 
@@ -19,28 +19,27 @@ pub struct StoredKey {
     pub wrapped: Vec<u8>,
 }
 
-fn all(c: &Connection) -> Result<Vec<StoredKey>> {
-    let mut st = c.prepare_cached(
+fn all(c: &Db) -> Result<Vec<StoredKey>> {
+    let rows = c.query_map(
         "SELECT kid, created_at, retire_at, wrapped FROM signing_keys
           ORDER BY retire_at IS NULL, created_at, kid",
-    )?;
-    let rows = st
-        .query_map([], |r| {
+        args![],
+        |r| {
             Ok(StoredKey {
                 kid: r.get(0)?,
                 created_at: r.get(1)?,
                 retire_at: r.get(2)?,
                 wrapped: r.get(3)?,
             })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        },
+    )?;
     Ok(rows)
 }
 
 impl Store {
     /// Every stored key, oldest first, the active one last.
     pub async fn signing_keys(&self) -> Result<Vec<StoredKey>> {
-        self.run(|c| all(c)).await
+        self.run(all).await
     }
 
     /// At start-up, before anything is served: store `candidate` as the active key
@@ -48,17 +47,21 @@ impl Store {
     /// two servers starting on a new database agree on one key. Blocks the calling
     /// thread (a few milliseconds, once).
     pub fn ensure_signing_key(&self, candidate: StoredKey) -> Result<Vec<StoredKey>> {
-        let mut c = self.pool.get()?;
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        super::db::blocking(|| self.ensure_signing_key_here(candidate))
+    }
+
+    fn ensure_signing_key_here(&self, candidate: StoredKey) -> Result<Vec<StoredKey>> {
+        let c = self.pool.get()?;
+        let tx = c.transaction()?;
         let active: i64 = tx.query_row(
             "SELECT COUNT(*) FROM signing_keys WHERE retire_at IS NULL",
-            [],
+            args![],
             |r| r.get(0),
         )?;
         if active == 0 {
             tx.execute(
                 "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped) VALUES (?1, ?2, NULL, ?3)",
-                params![candidate.kid, candidate.created_at, candidate.wrapped],
+                args![candidate.kid, candidate.created_at, candidate.wrapped],
             )?;
         }
         let keys = all(&tx)?;
@@ -76,21 +79,22 @@ impl Store {
         now: i64,
     ) -> Result<i64> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
+            let taken: i64 = tx.query_one(
+                "SELECT COUNT(*) FROM signing_keys WHERE kid = ?1",
+                args![new.kid],
+            )?;
+            if taken > 0 {
+                return Err(StoreError::Db(format!("key id {} exists already", new.kid)));
+            }
             tx.execute(
                 "UPDATE signing_keys SET retire_at = ?1 WHERE retire_at IS NULL",
-                params![now + overlap.as_secs() as i64],
+                args![now + overlap.as_secs() as i64],
             )?;
             tx.execute(
                 "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped) VALUES (?1, ?2, NULL, ?3)",
-                params![new.kid, new.created_at, new.wrapped],
-            )
-            .map_err(|e| match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::ConstraintViolation) => {
-                    StoreError::Db(format!("key id {} exists already", new.kid))
-                }
-                _ => e.into(),
-            })?;
+                args![new.kid, new.created_at, new.wrapped],
+            )?;
             let seq = users::record_revocation_kind(&tx, None, now, "keys")?;
             users::audit_admin(
                 &tx,
@@ -122,8 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_active_key_and_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.db"), Duration::from_secs(5)).unwrap();
+        let (_db, s) = crate::store::testing::store();
         let first = s.ensure_signing_key(key("a")).unwrap();
         assert_eq!(first, vec![key("a")]);
         // A second start (or a racing server) keeps the existing key.

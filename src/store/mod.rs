@@ -4,10 +4,13 @@
 //! runs on tokio's blocking pool (`spawn_blocking`, pool `get()` included) so the async
 //! executor never waits on disk. Only hashes of tokens and link secrets are stored.
 
+pub mod db;
 mod keys;
 mod migrations;
 mod outbox;
 mod servers;
+#[cfg(test)]
+pub(crate) mod testing;
 mod users;
 
 /// For other modules' tests: a sign-in request for an address, as the handler makes it.
@@ -25,9 +28,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::Connection;
+
+use db::{args, Db, Pool};
 
 use crate::secrets::{self, Hash, ServerKey};
 
@@ -71,18 +75,17 @@ pub fn now() -> i64 {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool<SqliteConnectionManager>,
+    pool: Pool,
     /// One writer at a time inside this process. SQLite allows one writer anyway, and
     /// writers that collide inside SQLite wait in its busy handler, which sleeps for
     /// milliseconds; queueing on a mutex instead costs microseconds.
     writer: Arc<Mutex<()>>,
     sign_ins: std::sync::mpsc::Sender<SignInJob>,
-    /// The database file, and its `(device, inode)` when opened (see `check_file`).
-    path: Arc<Path>,
-    file: Option<(u64, u64)>,
-    /// The connection `revocations_since` reads the log on (opened on first use).
-    follower: Arc<Mutex<Option<Connection>>>,
-    busy_timeout: Duration,
+    /// The SQLite database file, and its `(device, inode)` when opened (see
+    /// `check_file`); `None` on PostgreSQL.
+    file: Option<(Arc<Path>, Option<FileId>)>,
+    /// A pool of one connection that `revocations_since` reads the log on.
+    follower: Pool,
 }
 
 /// A session found by its token hash.
@@ -237,10 +240,11 @@ pub struct NewSignIn {
     pub allowed: bool,
 }
 
-type Conn = PooledConnection<SqliteConnectionManager>;
+/// `(device, inode)` of a file.
+type FileId = (u64, u64);
 
 /// `(device, inode)` of the file at `path`, or why it cannot be seen.
-fn file_id(path: &Path) -> std::result::Result<Option<(u64, u64)>, std::io::Error> {
+fn file_id(path: &Path) -> std::result::Result<Option<FileId>, std::io::Error> {
     let m = std::fs::metadata(path)?;
     #[cfg(unix)]
     {
@@ -259,15 +263,19 @@ const NO_CREATE: rusqlite::OpenFlags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRI
     .union(rusqlite::OpenFlags::SQLITE_OPEN_URI)
     .union(rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
-/// Switch to WAL, migrate, and open a pool on the file at `path`.
-fn open_pool(path: &Path, busy_timeout: Duration) -> Result<Pool<SqliteConnectionManager>> {
+/// Switch to WAL, migrate, and open a pool of `size` on the file at `path`.
+fn open_sqlite(
+    path: &Path,
+    busy_timeout: Duration,
+    size: u32,
+) -> Result<r2d2::Pool<SqliteConnectionManager>> {
     // Switch to WAL (a persistent setting) and migrate on one connection first, so
     // pool connections opening in parallel never race for that exclusive lock.
     {
         let mut c = Connection::open(path)?;
         c.busy_timeout(busy_timeout)?;
         c.pragma_update(None, "journal_mode", "WAL")?;
-        migrations::run(&mut c)?;
+        migrations::run_sqlite(&mut c)?;
     }
     // Pool connections open the file that now exists, never create one: a connection
     // opened while the file is missing (moved, deleted) must fail (and /readyz say so),
@@ -286,17 +294,49 @@ fn open_pool(path: &Path, busy_timeout: Duration) -> Result<Pool<SqliteConnectio
                  PRAGMA cache_size = -512;",
             )
         });
-    Ok(Pool::builder()
-        .max_size(8)
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
         .min_idle(Some(1))
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(db::POOL_WAIT)
         .build(manager)?)
 }
 
+/// A pool of `size` PostgreSQL connections (the first one is made now, so a wrong URL,
+/// password or unreachable server fails at start).
+fn open_postgres(
+    url: &str,
+    busy_timeout: Duration,
+    size: u32,
+) -> Result<r2d2::Pool<db::PgManager>> {
+    Ok(r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .connection_timeout(db::POOL_WAIT)
+        // A broken connection is noticed by `has_broken`; a check on every checkout
+        // would be a round trip per query.
+        .test_on_check_out(false)
+        .build(db::PgManager::new(url, busy_timeout)?)?)
+}
+
 impl Store {
-    /// Open (creating if needed) and migrate the database file.
-    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store> {
-        let pool = open_pool(path, busy_timeout)?;
+    /// Open the database `database` names (a SQLite file path, or a `postgres://` URL),
+    /// creating a SQLite file if needed, and migrate it.
+    pub fn open(database: &str, busy_timeout: Duration) -> Result<Store> {
+        let (pool, follower, file) = if db::is_postgres(database) {
+            let (pool, follower) = db::blocking(|| -> Result<(Pool, Pool)> {
+                let pool = Pool::Pg(db::PgPool::new(open_postgres(database, busy_timeout, 8)?));
+                migrations::run(&pool.get()?)?;
+                let follower = Pool::Pg(db::PgPool::new(open_postgres(database, busy_timeout, 1)?));
+                Ok((pool, follower))
+            })?;
+            (pool, follower, None)
+        } else {
+            let path = Path::new(database);
+            let pool = Pool::Lite(open_sqlite(path, busy_timeout, 8)?);
+            let follower = Pool::Lite(open_sqlite(path, busy_timeout, 1)?);
+            let id = file_id(path).ok().flatten();
+            (pool, follower, Some((Arc::from(path), id)))
+        };
         let writer = Arc::new(Mutex::new(()));
         let (sign_ins, jobs) = std::sync::mpsc::channel();
         {
@@ -310,11 +350,13 @@ impl Store {
             pool,
             writer,
             sign_ins,
-            path: Arc::from(path),
-            file: file_id(path).ok().flatten(),
-            follower: Arc::new(Mutex::new(None)),
-            busy_timeout,
+            file,
+            follower,
         })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pool.is_postgres()
     }
 
     /// Is the database file still the one the pool reads? Open connections go on
@@ -322,9 +364,12 @@ impl Store {
     /// replaced by another file, is `Unavailable` (fail closed). A replaced file is not
     /// reopened while running: its old `-wal` would be applied to the new file, so a
     /// restore means stopping authbase, replacing the file and removing the `-wal` and
-    /// `-shm` files, and starting it again. The same file back again is fine.
+    /// `-shm` files, and starting it again. The same file back again is fine. Always
+    /// fine on PostgreSQL (a lost server shows as errors of the queries themselves).
     pub async fn check_file(&self) -> Result<()> {
-        let (path, known) = (self.path.clone(), self.file);
+        let Some((path, known)) = self.file.clone() else {
+            return Ok(());
+        };
         tokio::task::spawn_blocking(move || match file_id(&path) {
             Err(e) => Err(StoreError::Unavailable(format!(
                 "database file {} is not there: {e}",
@@ -344,32 +389,31 @@ impl Store {
     async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+        on(&self.pool, f).await
     }
 
-    /// Like `run`, for work that writes: one writer at a time (see `writer`).
+    /// Like `run`, for work that writes, in one write transaction (committed when `f`
+    /// returns `Ok`). One writer at a time inside this process (see `writer`); on
+    /// PostgreSQL across replicas too (see `db`).
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T> + Send + 'static,
     {
         let pool = self.pool.clone();
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
             // Taken before a connection, so waiting writers do not hold connections that
-            // readers need. A panic while holding it leaves nothing half-done in SQLite
-            // (the transaction rolls back), so a poisoned lock is still usable.
+            // readers need. A panic while holding it leaves nothing half-done in the
+            // database (the transaction rolls back), so a poisoned lock is still usable.
             let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut conn = pool.get()?;
-            f(&mut conn)
+            let db = pool.get()?;
+            let tx = db.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
         })
         .await
         .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
@@ -377,7 +421,7 @@ impl Store {
 
     pub async fn ready(&self) -> Result<()> {
         self.run(|c| {
-            let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let v = migrations::version(c)?;
             if v == migrations::LATEST {
                 Ok(())
             } else {
@@ -387,9 +431,21 @@ impl Store {
         .await
     }
 
-    /// The schema version of a database file without opening it for writing or
-    /// migrating it; `None` when there is no such file.
-    pub fn schema_version(path: &Path) -> Result<Option<i64>> {
+    /// The schema version of a database without migrating it; `None` when there is no
+    /// such SQLite file (or no schema in the PostgreSQL database).
+    pub fn schema_version(database: &str) -> Result<Option<i64>> {
+        if db::is_postgres(database) {
+            return db::blocking(|| {
+                let pool = Pool::Pg(db::PgPool::new(open_postgres(
+                    database,
+                    Duration::from_secs(5),
+                    1,
+                )?));
+
+                migrations::existing_version(&pool.get()?)
+            });
+        }
+        let path = Path::new(database);
         if !path.exists() {
             return Ok(None);
         }
@@ -402,11 +458,16 @@ impl Store {
         migrations::LATEST
     }
 
-    /// An online, consistent copy of the database into `dest` (which must not exist),
-    /// with SQLite's backup API while servers keep reading and writing; checked with
-    /// `PRAGMA integrity_check`. Returns the pages copied.
+    /// An online, consistent copy of the SQLite database into `dest` (which must not
+    /// exist), with SQLite's backup API while servers keep reading and writing; checked
+    /// with `PRAGMA integrity_check`. Returns the pages copied.
     pub async fn backup(&self, dest: std::path::PathBuf) -> Result<i64> {
         self.run(move |c| {
+            let Some(c) = c.sqlite() else {
+                return Err(StoreError::Db(
+                    "backup copies a SQLite file; back PostgreSQL up with pg_dump".into(),
+                ));
+            };
             let mut out = Connection::open(&dest)?;
             {
                 let b = rusqlite::backup::Backup::new(c, &mut out)?;
@@ -428,16 +489,15 @@ impl Store {
     /// live sessions, servers with a recent heartbeat.
     pub async fn gauges(&self, now: i64) -> Result<(i64, i64, i64, i64)> {
         self.run(move |c| {
-            Ok(c.prepare_cached(
+            c.query_row(
                 "SELECT (SELECT COUNT(*) FROM outbox WHERE state = 'queued'),
                         (SELECT COALESCE(?1 - MIN(next_attempt_at), 0) FROM outbox
                           WHERE state = 'queued' AND next_attempt_at <= ?1),
                         (SELECT COUNT(*) FROM sessions WHERE confirmed = 1 AND expires_at > ?1),
                         (SELECT COUNT(*) FROM servers WHERE heartbeat_at >= ?2)",
-            )?
-            .query_row(params![now, now - servers::LIVE_FOR], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?)
+                args![now, now - servers::LIVE_FOR],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
         })
         .await
     }
@@ -449,11 +509,12 @@ impl Store {
     /// must not take a server out of rotation; its lane does not hold sign-ins up.
     pub async fn mail_overdue(&self, now: i64) -> Result<i64> {
         self.run(move |c| {
-            Ok(c.prepare_cached(
+            c.query_row(
                 "SELECT COALESCE(?1 - MIN(next_attempt_at), 0) FROM outbox
                   WHERE state = 'queued' AND kind = 'sign_in' AND next_attempt_at <= ?1",
-            )?
-            .query_row(params![now], |r| r.get(0))?)
+                args![now],
+                |r| r.get(0),
+            )
         })
         .await
     }
@@ -462,16 +523,14 @@ impl Store {
     /// not blocked.
     pub async fn session(&self, hash: Hash, now: i64, idle: i64) -> Result<Option<SessionUser>> {
         self.run(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at, s.expires_at,
+            c.query_opt(
+"SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at, s.expires_at,
                         u.invited,
-                        (SELECT group_concat(name, ',') FROM
-                           (SELECT name FROM user_groups WHERE user_id = u.id ORDER BY name))
+                        (SELECT string_agg(name, ',' ORDER BY name) FROM user_groups WHERE user_id = u.id)
                    FROM sessions s JOIN users u ON u.id = s.user_id
                   WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.blocked = 0
                     AND (?3 = 0 OR s.confirmed = 0 OR s.last_seen_at + ?3 > ?2)",
-            )?
-            .query_row(params![&hash[..], now, idle], |r| {
+args![&hash[..], now, idle], |r| {
                 Ok(SessionUser {
                     session_id: r.get(0)?,
                     user_id: r.get(1)?,
@@ -481,12 +540,11 @@ impl Store {
                     expires_at: r.get(5)?,
                     invited: r.get(6)?,
                     groups: r
-                        .get::<_, Option<String>>(7)?
+                        .get::<Option<String>>(7)?
                         .map(|g| g.split(',').map(str::to_string).collect())
                         .unwrap_or_default(),
                 })
             })
-            .optional()?)
         })
         .await
     }
@@ -495,12 +553,11 @@ impl Store {
     /// `(session_id, seen_at)`. Never moves `expires_at`.
     pub async fn touch_many(&self, seen: Vec<(i64, i64)>) -> Result<()> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             for (id, at) in seen {
-                tx.prepare_cached(
-                    "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?2) WHERE id = ?1",
-                )?
-                .execute(params![id, at])?;
+                tx.execute(
+"UPDATE sessions SET last_seen_at = CASE WHEN last_seen_at > ?2 THEN last_seen_at ELSE ?2 END WHERE id = ?1",
+args![id, at])?;
             }
             tx.commit()?;
             Ok(())
@@ -510,11 +567,10 @@ impl Store {
 
     pub async fn delete_session(&self, hash: Hash) -> Result<bool> {
         self.write(move |c| {
-            Ok(
-                c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
-                    .execute(params![&hash[..]])?
-                    > 0,
-            )
+            Ok(c.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                args![&hash[..]],
+            )? > 0)
         })
         .await
     }
@@ -525,7 +581,7 @@ impl Store {
     /// sessions ended and the revocation record's number, or `None` for an unknown address.
     pub async fn revoke(&self, email: Option<String>, now: i64) -> Result<Option<(usize, i64)>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let (user_id, stored) = match &email {
                 Some(e) => match users::find_user(&tx, e)? {
                     Some((id, stored, _)) => (Some(id), stored),
@@ -534,8 +590,8 @@ impl Store {
                 None => (None, String::new()),
             };
             let n = match user_id {
-                Some(id) => tx.execute("DELETE FROM sessions WHERE user_id = ?1", params![id])?,
-                None => tx.execute("DELETE FROM sessions", [])?,
+                Some(id) => tx.execute("DELETE FROM sessions WHERE user_id = ?1", args![id])?,
+                None => tx.execute("DELETE FROM sessions", args![])?,
             };
             users::audit_admin(
                 &tx,
@@ -555,9 +611,10 @@ impl Store {
     /// The newest revocation record's number (0 when there is none).
     pub async fn last_revocation(&self) -> Result<i64> {
         self.run(|c| {
-            Ok(
-                c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM revocations")?
-                    .query_row([], |r| r.get(0))?,
+            c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM revocations",
+                args![],
+                |r| r.get(0),
             )
         })
         .await
@@ -570,39 +627,25 @@ impl Store {
     /// misses the pool's connections are all busy, and the server must keep following
     /// the log (it stops answering sessions when it cannot; see `session::SYNC_GRACE`).
     pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Option<i64>, bool)>> {
-        let (conn, path) = (self.follower.clone(), self.path.clone());
-        let busy = self.busy_timeout;
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.is_none() {
-                let c = Connection::open_with_flags(&*path, NO_CREATE)?;
-                c.busy_timeout(busy)?;
-                *guard = Some(c);
-            }
-            let c = guard.as_mut().expect("opened above");
-            let mut st = c.prepare_cached(
+        on(&self.follower, move |c| {
+            c.query_map(
                 "SELECT seq, user_id, kind = 'keys' FROM revocations WHERE seq > ?1 ORDER BY seq",
-            )?;
-            let rows = st
-                .query_map(params![seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
+                args![seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
         })
         .await
-        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
     }
 
     /// Confirmed, live sessions, newest first, optionally of one address.
     pub async fn list_sessions(&self, email: Option<String>, now: i64) -> Result<Vec<SessionRow>> {
         self.run(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT s.id, u.email, s.created_at, s.last_seen_at, s.expires_at, s.ip, s.user_agent
+            let rows = c.query_map(
+"SELECT s.id, u.email, s.created_at, s.last_seen_at, s.expires_at, s.ip, s.user_agent
                    FROM sessions s JOIN users u ON u.id = s.user_id
                   WHERE s.confirmed = 1 AND s.expires_at > ?1 AND (?2 IS NULL OR u.email = ?2)
                   ORDER BY s.created_at DESC",
-            )?;
-            let rows = st
-                .query_map(params![now, email], |r| {
+args![now, email], |r| {
                     Ok(SessionRow {
                         id: r.get(0)?,
                         email: r.get(1)?,
@@ -612,8 +655,7 @@ impl Store {
                         ip: r.get(5)?,
                         user_agent: r.get(6)?,
                     })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                })?;
             Ok(rows)
         })
         .await
@@ -653,21 +695,19 @@ impl Store {
         lifetime: i64,
     ) -> Result<std::result::Result<SignedIn, Refusal>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
             };
             if let Err(r) = usable(&req, now) {
                 return Ok(Err(r));
             }
-            let waiting: Option<Vec<u8>> = tx
-                .query_row(
-                    "SELECT s.token_hash FROM sessions s JOIN sign_in_requests r
-                        ON r.session_id = s.id WHERE r.id = ?1 AND s.confirmed = 0",
-                    params![req.id],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let waiting: Option<Vec<u8>> = tx.query_opt(
+                "SELECT s.token_hash FROM sessions s JOIN sign_in_requests r
+                    ON r.session_id = s.id WHERE r.id = ?1 AND s.confirmed = 0",
+                args![req.id],
+                |r| r.get(0),
+            )?;
             if !waiting.is_some_and(|h| secrets::ct_eq(&h, &session_hash)) {
                 return Ok(Err(Refusal::Unknown));
             }
@@ -689,7 +729,7 @@ impl Store {
         user_agent: String,
     ) -> Result<std::result::Result<SignedIn, Refusal>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
             };
@@ -705,19 +745,19 @@ impl Store {
             tx.execute(
                 "DELETE FROM sessions WHERE confirmed = 0 AND id =
                    (SELECT session_id FROM sign_in_requests WHERE id = ?1)",
-                params![req.id],
+                args![req.id],
             )?;
             let (token, hash) = secrets::new_token();
             let user_id: i64 = tx.query_row(
                 "SELECT user_id FROM sign_in_requests WHERE id = ?1",
-                params![req.id],
+                args![req.id],
                 |r| r.get(0),
             )?;
             tx.execute(
                 "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
                                        expires_at, ip, user_agent)
                  VALUES (?1, ?2, 1, ?3, ?3, ?4, ?5, ?6)",
-                params![&hash[..], user_id, now, now + lifetime, ip, user_agent],
+                args![&hash[..], user_id, now, now + lifetime, ip, user_agent],
             )?;
             first_sign_in(&tx, user_id, now)?;
             tx.commit()?;
@@ -740,7 +780,7 @@ impl Store {
         max_attempts: u32,
     ) -> Result<std::result::Result<RequestInfo, Refusal>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
             };
@@ -771,7 +811,7 @@ impl Store {
         now: i64,
     ) -> Result<std::result::Result<(), Refusal>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some(req) = request_where(&tx, "r.link_hash = ?1", &link_hash[..])? else {
                 return Ok(Err(Refusal::Unknown));
             };
@@ -794,7 +834,7 @@ impl Store {
         lifetime: i64,
     ) -> Result<WaitState> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some(req) = request_for_pending(&tx, &session_hash)? else {
                 return Ok(WaitState::Gone(Refusal::Unknown));
             };
@@ -833,19 +873,19 @@ impl Store {
         limits: CodeLimits,
     ) -> Result<std::result::Result<SignedIn, Refusal>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some(req) = request_for_pending(&tx, &session_hash)? else {
                 return Ok(Err(Refusal::Unknown));
             };
             if let Err(r) = usable(&req, now) {
                 return Ok(Err(r));
             }
-            let (user_id, failures, window_start): (i64, i64, i64) = tx
-                .prepare_cached(
-                    "SELECT u.id, u.code_failures, u.code_window_start
+            let (user_id, failures, window_start): (i64, i64, i64) = tx.query_row(
+                "SELECT u.id, u.code_failures, u.code_window_start
                        FROM users u JOIN sign_in_requests r ON r.user_id = u.id WHERE r.id = ?1",
-                )?
-                .query_row(params![req.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                args![req.id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             let in_window = window_start + limits.window > now;
             if in_window && failures >= limits.per_address as i64 {
                 return Ok(Err(Refusal::Throttled));
@@ -864,10 +904,10 @@ impl Store {
                 } else {
                     (1, now)
                 };
-                tx.prepare_cached(
+                tx.execute(
                     "UPDATE users SET code_failures = ?2, code_window_start = ?3 WHERE id = ?1",
-                )?
-                .execute(params![user_id, n, start])?;
+                    args![user_id, n, start],
+                )?;
                 Err(wrong_attempt(
                     &tx,
                     req.id,
@@ -884,7 +924,7 @@ impl Store {
     /// Write audit events, all in one transaction.
     pub async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<()> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             for e in &events {
                 insert_audit(&tx, e)?;
             }
@@ -898,7 +938,7 @@ impl Store {
     /// (0: keep them). Returns the number of rows removed.
     pub async fn sweep(&self, now: i64, audit_retention: i64) -> Result<usize> {
         self.write(move |c| {
-            let mut n = c.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+            let mut n = c.execute("DELETE FROM sessions WHERE expires_at <= ?1", args![now])?;
             // Users who never signed in (refused or abandoned sign-ins), once their
             // requests are gone; not invited, blocked or grouped ones.
             n += c.execute(
@@ -907,33 +947,33 @@ impl Store {
                    AND NOT EXISTS (SELECT 1 FROM sign_in_requests r WHERE r.user_id = users.id)
                    AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = users.id)
                    AND NOT EXISTS (SELECT 1 FROM user_groups g WHERE g.user_id = users.id)",
-                params![now - 86400],
+                args![now - 86400],
             )?;
             if audit_retention > 0 {
                 n += c.execute(
                     "DELETE FROM audit WHERE at <= ?1",
-                    params![now - audit_retention],
+                    args![now - audit_retention],
                 )?;
             }
             // Keep finished requests for a day so a late click gets "expired", not "unknown".
             n += c.execute(
                 "DELETE FROM sign_in_requests WHERE expires_at <= ?1",
-                params![now - 86400],
+                args![now - 86400],
             )?;
             n += c.execute(
                 "DELETE FROM outbox WHERE state != 'queued' AND created_at <= ?1",
-                params![now - 7 * 86400],
+                args![now - 7 * 86400],
             )?;
             // Servers poll every second; a day-old record has been seen by all of them.
             n += c.execute(
                 "DELETE FROM revocations WHERE at <= ?1 AND seq < (SELECT MAX(seq) FROM revocations)",
-                params![now - 86400],
+                args![now - 86400],
             )?;
-            n += c.execute("DELETE FROM servers WHERE heartbeat_at <= ?1", params![now - 86400])?;
+            n += c.execute("DELETE FROM servers WHERE heartbeat_at <= ?1", args![now - 86400])?;
             // Retired signing keys, once their overlap period is over.
             n += c.execute(
                 "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?1",
-                params![now],
+                args![now],
             )?;
             Ok(n)
         })
@@ -941,15 +981,23 @@ impl Store {
     }
 }
 
+/// Run `f` on a connection of `pool`, on tokio's blocking pool.
+async fn on<T, F>(pool: &Pool, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Db) -> Result<T> + Send + 'static,
+{
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || f(&pool.get()?))
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+}
+
 type SignInResult = Result<std::result::Result<Started, NotStarted>>;
 type SignInJob = (NewSignIn, tokio::sync::oneshot::Sender<SignInResult>);
 
 /// The group-commit loop behind `start_sign_in`. Ends when every `Store` is dropped.
-fn sign_in_writer(
-    pool: Pool<SqliteConnectionManager>,
-    writer: Arc<Mutex<()>>,
-    jobs: std::sync::mpsc::Receiver<SignInJob>,
-) {
+fn sign_in_writer(pool: Pool, writer: Arc<Mutex<()>>, jobs: std::sync::mpsc::Receiver<SignInJob>) {
     const BATCH: usize = 64;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -961,12 +1009,12 @@ fn sign_in_writer(
         }
         let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
         let results = (|| -> Result<Vec<SignInResult>> {
-            let mut conn = pool.get()?;
-            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let conn = pool.get()?;
+            let tx = conn.transaction()?;
             let mut out = Vec::with_capacity(batch.len());
             for (n, _) in &batch {
                 // One savepoint each: a failing sign-in does not take the others along.
-                let sp = tx.savepoint()?;
+                let sp = tx.transaction()?;
                 match insert_sign_in(&sp, n) {
                     Ok(r) => {
                         sp.commit()?;
@@ -997,15 +1045,18 @@ fn sign_in_writer(
     }
 }
 
-fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> SignInResult {
+fn insert_sign_in(tx: &Db, n: &NewSignIn) -> SignInResult {
     if let Some(old) = n.replaces {
-        tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
-            .execute(params![&old[..]])?;
+        tx.execute(
+            "DELETE FROM sessions WHERE token_hash = ?1",
+            args![&old[..]],
+        )?;
     }
-    let known: Option<(i64, bool, bool)> = tx
-        .prepare_cached("SELECT id, blocked, invited FROM users WHERE email = ?1")?
-        .query_row(params![&n.email], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
+    let known: Option<(i64, bool, bool)> = tx.query_opt(
+        "SELECT id, blocked, invited FROM users WHERE email = ?1",
+        args![&n.email],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let refused = match known {
         Some((_, true, _)) => Some(NotStarted::Blocked),
         Some((_, _, invited)) if !invited && !n.allowed => Some(NotStarted::NotAllowed),
@@ -1026,59 +1077,58 @@ fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> SignInResult {
             },
         )
     };
-    let (user_id, email): (i64, String) = tx
-        .prepare_cached(
-            "INSERT INTO users (email, created_at) VALUES (?1, ?2)
-                     ON CONFLICT (email) DO UPDATE SET email = email
+    let (user_id, email): (i64, String) = tx.query_row(
+        "INSERT INTO users (email, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (email) DO UPDATE SET email = users.email
                      RETURNING id, email",
-        )?
-        .query_row(params![&n.email, n.now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    tx.prepare_cached(
+        args![&n.email, n.now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let session_id: i64 = tx.query_one(
         "INSERT INTO sessions (token_hash, user_id, confirmed, created_at, last_seen_at,
-                                       expires_at, ip, user_agent)
-                 VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        &n.session_hash[..],
-        user_id,
-        n.now,
-        n.now + n.link_ttl,
-        &n.ip,
-        &n.user_agent
-    ])?;
-    let session_id = tx.last_insert_rowid();
-    tx.prepare_cached(
+                               expires_at, ip, user_agent)
+         VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6) RETURNING id",
+        args![
+            &n.session_hash[..],
+            user_id,
+            n.now,
+            n.now + n.link_ttl,
+            &n.ip,
+            &n.user_agent
+        ],
+    )?;
+    let request_id: i64 = tx.query_one(
         "INSERT INTO sign_in_requests (session_id, user_id, salt, link_hash, match_number,
                      return_to, ip, user_agent, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        session_id,
-        user_id,
-        &n.salt[..],
-        &n.link_hash[..],
-        &n.match_number,
-        &n.return_to,
-        &n.ip,
-        &n.user_agent,
-        n.now,
-        n.now + n.link_ttl
-    ])?;
-    let request_id = tx.last_insert_rowid();
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+        args![
+            session_id,
+            user_id,
+            &n.salt[..],
+            &n.link_hash[..],
+            &n.match_number,
+            &n.return_to,
+            &n.ip,
+            &n.user_agent,
+            n.now,
+            n.now + n.link_ttl
+        ],
+    )?;
     if let Some(why) = refused {
         // Stored like any request, so every later answer about it is the same as for a
         // real one; but silent: no mail, and no code or link can ever confirm it.
-        tx.prepare_cached("UPDATE sign_in_requests SET silent = 1 WHERE id = ?1")?
-            .execute(params![request_id])?;
+        tx.execute(
+            "UPDATE sign_in_requests SET silent = 1 WHERE id = ?1",
+            args![request_id],
+        )?;
         audit("sign_in_refused", Some(user_id), why.as_str())?;
         return Ok(Err(why));
     }
-    tx.prepare_cached(
+    let outbox_id: i64 = tx.query_one(
         "INSERT INTO outbox (kind, request_id, recipient, next_attempt_at, created_at)
-                 VALUES ('sign_in', ?1, ?2, ?3, ?3)",
-    )?
-    .execute(params![request_id, email, n.now])?;
-    let outbox_id = tx.last_insert_rowid();
+         VALUES ('sign_in', ?1, ?2, ?3, ?3) RETURNING id",
+        args![request_id, email, n.now],
+    )?;
     audit(
         "sign_in_requested",
         Some(user_id),
@@ -1090,55 +1140,49 @@ fn insert_sign_in(tx: &Connection, n: &NewSignIn) -> SignInResult {
     }))
 }
 
-pub(crate) fn insert_audit(c: &Connection, e: &AuditEvent) -> Result<()> {
-    c.prepare_cached(
+pub(crate) fn insert_audit(c: &Db, e: &AuditEvent) -> Result<()> {
+    c.execute(
         "INSERT INTO audit (at, event, email, user_id, ip, user_agent, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        e.at,
-        e.event,
-        &e.email,
-        e.user_id,
-        &e.ip,
-        &e.user_agent,
-        &e.detail
-    ])?;
+        args![
+            e.at,
+            e.event,
+            &e.email,
+            e.user_id,
+            &e.ip,
+            &e.user_agent,
+            &e.detail
+        ],
+    )?;
     Ok(())
 }
 
-fn request_where<P: rusqlite::ToSql>(
-    c: &Connection,
-    cond: &str,
-    p: P,
-) -> Result<Option<RequestInfo>> {
+fn request_where(c: &Db, cond: &str, p: &[u8]) -> Result<Option<RequestInfo>> {
     let sql = format!(
         "SELECT r.id, u.email, r.salt, r.link_hash, r.state, r.match_number, r.return_to,
                 r.ip, r.user_agent, r.created_at, r.expires_at, r.silent
            FROM sign_in_requests r JOIN users u ON u.id = r.user_id WHERE {cond}"
     );
-    Ok(c.prepare_cached(&sql)?
-        .query_row([p], |r| {
-            Ok(RequestInfo {
-                id: r.get(0)?,
-                email: r.get(1)?,
-                salt: r.get(2)?,
-                link_hash: r.get(3)?,
-                state: r.get(4)?,
-                match_number: r.get(5)?,
-                return_to: r.get(6)?,
-                ip: r.get(7)?,
-                user_agent: r.get(8)?,
-                created_at: r.get(9)?,
-                expires_at: r.get(10)?,
-                silent: r.get(11)?,
-            })
+    c.query_opt(&sql, args![p], |r| {
+        Ok(RequestInfo {
+            id: r.get(0)?,
+            email: r.get(1)?,
+            salt: r.get(2)?,
+            link_hash: r.get(3)?,
+            state: r.get(4)?,
+            match_number: r.get(5)?,
+            return_to: r.get(6)?,
+            ip: r.get(7)?,
+            user_agent: r.get(8)?,
+            created_at: r.get(9)?,
+            expires_at: r.get(10)?,
+            silent: r.get(11)?,
         })
-        .optional()?)
+    })
 }
 
 /// The newest request whose waiting session has this (pending) token.
-fn request_for_pending(c: &Connection, session_hash: &Hash) -> Result<Option<RequestInfo>> {
+fn request_for_pending(c: &Db, session_hash: &Hash) -> Result<Option<RequestInfo>> {
     request_where(
         c,
         "r.session_id = (SELECT id FROM sessions WHERE token_hash = ?1 AND confirmed = 0)
@@ -1157,7 +1201,7 @@ fn usable(req: &RequestInfo, now: i64) -> std::result::Result<(), Refusal> {
 }
 
 /// Move a request out of `pending`/`approved`; false when another click got there first.
-fn set_state(c: &Connection, id: i64, state: &str) -> Result<bool> {
+fn set_state(c: &Db, id: i64, state: &str) -> Result<bool> {
     let from = if state == "consumed" {
         "('pending', 'approved')"
     } else {
@@ -1165,18 +1209,13 @@ fn set_state(c: &Connection, id: i64, state: &str) -> Result<bool> {
     };
     Ok(c.execute(
         &format!("UPDATE sign_in_requests SET state = ?2 WHERE id = ?1 AND state IN {from}"),
-        params![id, state],
+        args![id, state],
     )? == 1)
 }
 
 /// Consume the request and turn its waiting session into a confirmed one with a new
 /// token: the pre-sign-in cookie value stops working at this moment.
-fn consume_and_confirm(
-    c: &Connection,
-    req: &RequestInfo,
-    now: i64,
-    lifetime: i64,
-) -> Result<SignedIn> {
+fn consume_and_confirm(c: &Db, req: &RequestInfo, now: i64, lifetime: i64) -> Result<SignedIn> {
     if req.silent {
         return Err(StoreError::Db(
             "a silent request cannot be confirmed".into(),
@@ -1192,7 +1231,7 @@ fn consume_and_confirm(
         "UPDATE sessions SET token_hash = ?2, confirmed = 1, last_seen_at = ?3, expires_at = ?4
           WHERE id = (SELECT session_id FROM sign_in_requests WHERE id = ?1) AND confirmed = 0
           RETURNING user_id",
-        params![req.id, &hash[..], now, now + lifetime],
+        args![req.id, &hash[..], now, now + lifetime],
         |r| r.get(0),
     )?;
     first_sign_in(c, user_id, now)?;
@@ -1205,38 +1244,40 @@ fn consume_and_confirm(
 }
 
 /// Remember when a user first signed in (users who never did are swept).
-fn first_sign_in(c: &Connection, user_id: i64, now: i64) -> Result<()> {
-    c.prepare_cached("UPDATE users SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL")?
-        .execute(params![user_id, now])?;
+fn first_sign_in(c: &Db, user_id: i64, now: i64) -> Result<()> {
+    c.execute(
+        "UPDATE users SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL",
+        args![user_id, now],
+    )?;
     Ok(())
 }
 
-fn cancel_request(c: &Connection, id: i64) -> Result<()> {
+fn cancel_request(c: &Db, id: i64) -> Result<()> {
     c.execute(
         "UPDATE sign_in_requests SET state = 'cancelled' WHERE id = ?1 AND state IN ('pending', 'approved')",
-        params![id],
+        args![id],
     )?;
     c.execute(
         "DELETE FROM sessions WHERE confirmed = 0 AND id =
            (SELECT session_id FROM sign_in_requests WHERE id = ?1)",
-        params![id],
+        args![id],
     )?;
     Ok(())
 }
 
 /// Count a wrong code or number; the last allowed one cancels the request.
-fn wrong_attempt(c: &Connection, id: i64, column: &str, max: u32) -> Result<Refusal> {
+fn wrong_attempt(c: &Db, id: i64, column: &str, max: u32) -> Result<Refusal> {
     let n: i64 = c.query_row(
         &format!(
             "UPDATE sign_in_requests SET {column} = {column} + 1 WHERE id = ?1 RETURNING {column}"
         ),
-        params![id],
+        args![id],
         |r| r.get(0),
     )?;
     if n >= max as i64 {
         c.execute(
             "UPDATE sign_in_requests SET state = 'cancelled' WHERE id = ?1",
-            params![id],
+            args![id],
         )?;
         Ok(Refusal::Locked)
     } else {

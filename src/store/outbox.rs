@@ -10,7 +10,7 @@
 //! successor on the same database, so a crash loses nothing: at worst a message whose
 //! "250 OK" was not recorded yet is sent again, with the same Message-ID.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use super::db::{args, Arg, Db, Row, ToArg, Value};
 
 use super::{servers, RequestInfo, Result, Store};
 use crate::config::Rate;
@@ -143,7 +143,7 @@ const ROW_COLUMNS: &str = "o.id, o.kind,
     CASE WHEN o.state = 'queued' AND o.claimed_by IS NULL THEN o.next_attempt_at END,
     o.sent_at, o.message_id";
 
-fn mail_row(r: &rusqlite::Row) -> rusqlite::Result<MailRow> {
+fn mail_row(r: &Row) -> Result<MailRow> {
     Ok(MailRow {
         id: r.get(0)?,
         kind: r.get(1)?,
@@ -161,14 +161,13 @@ fn mail_row(r: &rusqlite::Row) -> rusqlite::Result<MailRow> {
 }
 
 /// `WHERE` clause and parameters for a filter (`o` is the outbox).
-fn filter_sql(f: &MailFilter) -> (String, Vec<rusqlite::types::Value>) {
-    use rusqlite::types::Value;
+fn filter_sql(f: &MailFilter) -> (String, Vec<Value>) {
     let mut clauses = vec!["1 = 1".to_string()];
     let mut args: Vec<Value> = Vec::new();
     if !f.ids.is_empty() {
         let marks = f.ids.iter().map(|_| "?").collect::<Vec<_>>().join(", ");
         clauses.push(format!("o.id IN ({marks})"));
-        args.extend(f.ids.iter().map(|i| Value::Integer(*i)));
+        args.extend(f.ids.iter().map(|i| Value::Int(*i)));
     }
     if !f.states.is_empty() {
         let marks = f.states.iter().map(|_| "?").collect::<Vec<_>>().join(", ");
@@ -181,31 +180,31 @@ fn filter_sql(f: &MailFilter) -> (String, Vec<rusqlite::types::Value>) {
     }
     if let Some(t) = f.created_before {
         clauses.push("o.created_at <= ?".into());
-        args.push(Value::Integer(t));
+        args.push(Value::Int(t));
     }
     (clauses.join(" AND "), args)
 }
 
 /// How many API messages were accepted in the window of `rate` before `now` (for one
 /// recipient, or all), and in how many seconds one more would be accepted.
-fn over_rate(c: &Connection, rate: Rate, recipient: Option<&str>, now: i64) -> Result<Option<i64>> {
+fn over_rate(c: &Db, rate: Rate, recipient: Option<&str>, now: i64) -> Result<Option<i64>> {
     let Some((limit, window)) = rate.0 else {
         return Ok(None);
     };
     let since = now - window.as_secs() as i64;
     let (count, oldest): (i64, Option<i64>) = match recipient {
-        Some(r) => c
-            .prepare_cached(
-                "SELECT COUNT(*), MIN(created_at) FROM outbox
+        Some(r) => c.query_row(
+            "SELECT COUNT(*), MIN(created_at) FROM outbox
                   WHERE kind = 'api' AND recipient = ?1 COLLATE NOCASE AND created_at > ?2",
-            )?
-            .query_row(params![r, since], |row| Ok((row.get(0)?, row.get(1)?)))?,
-        None => c
-            .prepare_cached(
-                "SELECT COUNT(*), MIN(created_at) FROM outbox
+            args![r, since],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?,
+        None => c.query_row(
+            "SELECT COUNT(*), MIN(created_at) FROM outbox
                   WHERE kind = 'api' AND created_at > ?1",
-            )?
-            .query_row(params![since], |row| Ok((row.get(0)?, row.get(1)?)))?,
+            args![since],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?,
     };
     if count < i64::from(limit) {
         return Ok(None);
@@ -218,36 +217,36 @@ fn over_rate(c: &Connection, rate: Rate, recipient: Option<&str>, now: i64) -> R
 /// The message queued with this key, if the same request (by hash) queued it; a
 /// different request with the key is `KeyReused`.
 fn queued_by_key(
-    c: &Connection,
+    c: &Db,
     key: &str,
     request_hash: Option<&[u8]>,
 ) -> Result<Option<std::result::Result<Queued, ApiMailRefusal>>> {
-    Ok(c.prepare_cached(
+    c.query_opt(
         "SELECT id, message_id, user_id, request_hash FROM outbox WHERE idempotency_key = ?1",
-    )?
-    .query_row(params![key], |r| {
-        let stored: Option<Vec<u8>> = r.get(3)?;
-        if stored.as_deref() != request_hash {
-            return Ok(Err(ApiMailRefusal::KeyReused));
-        }
-        Ok(Ok(Queued {
-            id: r.get(0)?,
-            message_id: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-            user_id: r.get(2)?,
-            replayed: true,
-        }))
-    })
-    .optional()?)
+        args![key],
+        |r| {
+            let stored: Option<Vec<u8>> = r.get(3)?;
+            if stored.as_deref() != request_hash {
+                return Ok(Err(ApiMailRefusal::KeyReused));
+            }
+            Ok(Ok(Queued {
+                id: r.get(0)?,
+                message_id: r.get::<Option<String>>(1)?.unwrap_or_default(),
+                user_id: r.get(2)?,
+                replayed: true,
+            }))
+        },
+    )
 }
 
 impl Store {
     /// The user with this id: `(email, blocked)`.
     pub async fn user_by_id(&self, id: i64) -> Result<Option<(String, bool)>> {
         self.run(move |c| {
-            Ok(
-                c.prepare_cached("SELECT email, blocked FROM users WHERE id = ?1")?
-                    .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?,
+            c.query_opt(
+                "SELECT email, blocked FROM users WHERE id = ?1",
+                args![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
         })
         .await
@@ -276,7 +275,7 @@ impl Store {
         m: NewApiMail,
     ) -> Result<std::result::Result<Queued, ApiMailRefusal>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             if let Some(key) = &m.idempotency_key {
                 if let Some(q) = queued_by_key(&tx, key, m.request_hash.as_deref())? {
                     return Ok(q);
@@ -302,34 +301,31 @@ impl Store {
                     return Ok(Err(ApiMailRefusal::NoUser))
                 }
                 (Some((id, _, false)), _) => id,
-                (None, None) if m.create_user => {
-                    tx.prepare_cached(
-                        "INSERT INTO users (email, created_at, api_created) VALUES (?1, ?2, 1)",
-                    )?
-                    .execute(params![&m.recipient, m.now])?;
-                    tx.last_insert_rowid()
-                }
+                (None, None) if m.create_user => tx.query_one(
+                    "INSERT INTO users (email, created_at, api_created) VALUES (?1, ?2, 1)
+                         RETURNING id",
+                    args![&m.recipient, m.now],
+                )?,
                 (None, _) => return Ok(Err(ApiMailRefusal::NoUser)),
             };
-            tx.prepare_cached(
+            let id: i64 = tx.query_one(
                 "INSERT INTO outbox (kind, recipient, subject, next_attempt_at, created_at, raw,
                                      sender, message_id, user_id, deadline, idempotency_key,
                                      request_hash)
-                 VALUES ('api', ?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                &m.recipient,
-                &m.subject,
-                m.now,
-                &m.raw,
-                &m.sender,
-                &m.message_id,
-                user_id,
-                m.deadline,
-                &m.idempotency_key,
-                &m.request_hash
-            ])?;
-            let id = tx.last_insert_rowid();
+                 VALUES ('api', ?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                args![
+                    &m.recipient,
+                    &m.subject,
+                    m.now,
+                    &m.raw,
+                    &m.sender,
+                    &m.message_id,
+                    user_id,
+                    m.deadline,
+                    &m.idempotency_key,
+                    &m.request_hash
+                ],
+            )?;
             tx.commit()?;
             Ok(Ok(Queued {
                 id,
@@ -351,21 +347,20 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let ids: Vec<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM outbox
+            let tx = c.transaction()?;
+            let ids: Vec<i64> = tx.query_map(
+                "SELECT id FROM outbox
                       WHERE state = 'queued' AND kind = ?1 AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at, id LIMIT ?3",
-                )?
-                .query_map(params![lane.kind(), now, limit], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                args![lane.kind(), now, limit],
+                |r| r.get(0),
+            )?;
             let mut items = Vec::with_capacity(ids.len());
             for id in ids {
-                tx.prepare_cached(
+                tx.execute(
                     "UPDATE outbox SET claimed_by = ?2, next_attempt_at = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id, &server, lease_until])?;
+                    args![id, &server, lease_until],
+                )?;
                 items.push(read_item(&tx, id)?);
             }
             tx.commit()?;
@@ -377,10 +372,11 @@ impl Store {
     /// When the next message of `lane` is due, if any is queued.
     pub async fn next_mail_due(&self, lane: Lane) -> Result<Option<i64>> {
         self.run(move |c| {
-            Ok(c.prepare_cached(
+            c.query_row(
                 "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'queued' AND kind = ?1",
-            )?
-            .query_row(params![lane.kind()], |r| r.get(0))?)
+                args![lane.kind()],
+                |r| r.get(0),
+            )
         })
         .await
     }
@@ -392,29 +388,26 @@ impl Store {
             return Ok(());
         }
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             for (id, outcome) in results {
                 match outcome {
-                    MailOutcome::Sent => tx
-                        .prepare_cached(
-                            "UPDATE outbox SET state = 'sent', sent_at = ?2, claimed_by = NULL,
+                    MailOutcome::Sent => tx.execute(
+                        "UPDATE outbox SET state = 'sent', sent_at = ?2, claimed_by = NULL,
                                     attempts = attempts + 1, last_error = NULL, raw = NULL
                               WHERE id = ?1",
-                        )?
-                        .execute(params![id, now])?,
-                    MailOutcome::Retry { error, at } => tx
-                        .prepare_cached(
-                            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+                        args![id, now],
+                    )?,
+                    MailOutcome::Retry { error, at } => tx.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
                                     next_attempt_at = ?3, claimed_by = NULL
                               WHERE id = ?1 AND state = 'queued'",
-                        )?
-                        .execute(params![id, error, at])?,
-                    MailOutcome::Failed { error } => tx
-                        .prepare_cached(
-                            "UPDATE outbox SET state = 'failed', attempts = attempts + 1,
+                        args![id, error, at],
+                    )?,
+                    MailOutcome::Failed { error } => tx.execute(
+                        "UPDATE outbox SET state = 'failed', attempts = attempts + 1,
                                     last_error = ?2, claimed_by = NULL WHERE id = ?1",
-                        )?
-                        .execute(params![id, error])?,
+                        args![id, error],
+                    )?,
                 };
             }
             tx.commit()?;
@@ -426,11 +419,11 @@ impl Store {
     /// Hand back what `server` claimed and did not send (it is stopping): due now.
     pub async fn release_claims(&self, server: String, now: i64) -> Result<usize> {
         self.write(move |c| {
-            Ok(c.execute(
+            c.execute(
                 "UPDATE outbox SET claimed_by = NULL, next_attempt_at = ?2
                   WHERE claimed_by = ?1 AND state = 'queued'",
-                params![server, now],
-            )?)
+                args![server, now],
+            )
         })
         .await
     }
@@ -439,12 +432,12 @@ impl Store {
     /// `servers::LIVE_FOR`, or no record at all), other than `me`: due now.
     pub async fn release_stale_claims(&self, me: String, now: i64) -> Result<usize> {
         self.write(move |c| {
-            Ok(c.execute(
+            c.execute(
                 "UPDATE outbox SET claimed_by = NULL, next_attempt_at = ?3
                   WHERE claimed_by IS NOT NULL AND claimed_by != ?1 AND state = 'queued'
                     AND claimed_by NOT IN (SELECT id FROM servers WHERE heartbeat_at >= ?2)",
-                params![me, now - servers::LIVE_FOR, now],
-            )?)
+                args![me, now - servers::LIVE_FOR, now],
+            )
         })
         .await
     }
@@ -452,11 +445,13 @@ impl Store {
     /// One message, by id (`kind`: only of this kind).
     pub async fn mail(&self, id: i64, kind: Option<&'static str>) -> Result<Option<MailRow>> {
         self.run(move |c| {
-            Ok(c.prepare_cached(&format!(
+            c.query_opt(
+                &format!(
                 "SELECT {ROW_COLUMNS} FROM outbox o WHERE o.id = ?1 AND (?2 IS NULL OR o.kind = ?2)"
-            ))?
-            .query_row(params![id, kind], mail_row)
-            .optional()?)
+            ),
+                args![id, kind],
+                mail_row,
+            )
         })
         .await
     }
@@ -465,15 +460,11 @@ impl Store {
     pub async fn list_mail(&self, f: MailFilter) -> Result<Vec<MailRow>> {
         self.run(move |c| {
             let (clause, mut args) = filter_sql(&f);
-            args.push(rusqlite::types::Value::Integer(f.limit.unwrap_or(-1)));
+            args.push(Value::Int(f.limit.unwrap_or(i64::MAX)));
             let sql = format!(
                 "SELECT {ROW_COLUMNS} FROM outbox o WHERE {clause} ORDER BY o.id DESC LIMIT ?"
             );
-            let mut st = c.prepare(&sql)?;
-            let rows = st
-                .query_map(rusqlite::params_from_iter(args), mail_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
+            c.query_map(&sql, &bind(&args), mail_row)
         })
         .await
     }
@@ -482,8 +473,8 @@ impl Store {
     /// attempt count and deadline. Sent messages are never sent again. Returns the ids.
     pub async fn retry_mail(&self, f: MailFilter, now: i64, deadline: i64) -> Result<Vec<i64>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (clause, mut args) = filter_sql(&f);
+            let tx = c.transaction()?;
+            let (clause, args) = filter_sql(&f);
             let ids: Vec<i64> = {
                 let sql = format!(
                     "SELECT o.id FROM outbox o WHERE {clause} AND o.state IN ('failed', 'queued')
@@ -492,18 +483,14 @@ impl Store {
                             (SELECT 1 FROM users u WHERE u.id = o.user_id AND u.blocked = 0))
                      ORDER BY o.id"
                 );
-                let mut st = tx.prepare(&sql)?;
-                let rows = st
-                    .query_map(rusqlite::params_from_iter(args.drain(..)), |r| r.get(0))?
-                    .collect::<rusqlite::Result<Vec<i64>>>()?;
-                rows
+                tx.query_map(&sql, &bind(&args), |r| r.get(0))?
             };
             for id in &ids {
-                tx.prepare_cached(
+                tx.execute(
                     "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = ?2,
                             deadline = ?3, last_error = NULL WHERE id = ?1",
-                )?
-                .execute(params![id, now, deadline])?;
+                    args![id, now, deadline],
+                )?;
             }
             tx.commit()?;
             Ok(ids)
@@ -519,56 +506,61 @@ impl Store {
                 "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE {clause}
                    AND o.claimed_by IS NULL)"
             );
-            Ok(c.execute(&sql, rusqlite::params_from_iter(args))?)
+            c.execute(&sql, &bind(&args))
         })
         .await
     }
 }
 
+fn bind(values: &[Value]) -> Vec<Arg<'_>> {
+    values.iter().map(ToArg::to_arg).collect()
+}
+
 /// One claimed message with, for sign-in mail, its request.
-fn read_item(c: &Connection, id: i64) -> Result<OutboxItem> {
-    let mut st = c.prepare_cached(
+fn read_item(c: &Db, id: i64) -> Result<OutboxItem> {
+    c.query_row(
         "SELECT o.id, o.kind, o.recipient, o.attempts, o.created_at, o.deadline, o.raw, o.sender,
                 r.id, u.email, r.salt, r.link_hash, r.state, r.match_number,
                 r.return_to, r.ip, r.user_agent, r.created_at, r.expires_at, r.silent,
                 CASE WHEN o.user_id IS NULL THEN NULL
                      WHEN a.id IS NULL THEN 'the user was removed'
-                     WHEN a.blocked THEN 'the user is blocked' END
+                     WHEN a.blocked = 1 THEN 'the user is blocked' END
            FROM outbox o
            LEFT JOIN sign_in_requests r ON r.id = o.request_id
            LEFT JOIN users u ON u.id = r.user_id
            LEFT JOIN users a ON a.id = o.user_id
           WHERE o.id = ?1",
-    )?;
-    Ok(st.query_row(params![id], |r| {
-        let request = match r.get::<_, Option<i64>>(8)? {
-            Some(id) => Some(RequestInfo {
-                id,
-                email: r.get(9)?,
-                salt: r.get(10)?,
-                link_hash: r.get(11)?,
-                state: r.get(12)?,
-                match_number: r.get(13)?,
-                return_to: r.get(14)?,
-                ip: r.get(15)?,
-                user_agent: r.get(16)?,
-                created_at: r.get(17)?,
-                expires_at: r.get(18)?,
-                silent: r.get(19)?,
-            }),
-            None => None,
-        };
-        Ok(OutboxItem {
-            id: r.get(0)?,
-            kind: r.get(1)?,
-            recipient: r.get(2)?,
-            attempts: r.get(3)?,
-            created_at: r.get(4)?,
-            deadline: r.get(5)?,
-            raw: r.get(6)?,
-            sender: r.get(7)?,
-            refused: r.get(20)?,
-            request,
-        })
-    })?)
+        args![id],
+        |r| {
+            let request = match r.get::<Option<i64>>(8)? {
+                Some(id) => Some(RequestInfo {
+                    id,
+                    email: r.get(9)?,
+                    salt: r.get(10)?,
+                    link_hash: r.get(11)?,
+                    state: r.get(12)?,
+                    match_number: r.get(13)?,
+                    return_to: r.get(14)?,
+                    ip: r.get(15)?,
+                    user_agent: r.get(16)?,
+                    created_at: r.get(17)?,
+                    expires_at: r.get(18)?,
+                    silent: r.get(19)?,
+                }),
+                None => None,
+            };
+            Ok(OutboxItem {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                recipient: r.get(2)?,
+                attempts: r.get(3)?,
+                created_at: r.get(4)?,
+                deadline: r.get(5)?,
+                raw: r.get(6)?,
+                sender: r.get(7)?,
+                refused: r.get(20)?,
+                request,
+            })
+        },
+    )
 }

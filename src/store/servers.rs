@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
+use super::db::args;
 
 use super::{now, Result, Store};
 
@@ -29,12 +29,12 @@ impl Store {
         seen_seq: i64,
     ) -> Result<()> {
         self.write(move |c| {
-            c.prepare_cached(
+            c.execute(
                 "INSERT INTO servers (id, pid, started_at, seen_seq, heartbeat_at)
                  VALUES (?1, ?2, ?3, ?4, ?3)
                  ON CONFLICT (id) DO UPDATE SET seen_seq = ?4, heartbeat_at = ?3",
-            )?
-            .execute(params![server_id, pid, now, seen_seq])?;
+                args![server_id, pid, now, seen_seq],
+            )?;
             Ok(())
         })
         .await
@@ -44,10 +44,9 @@ impl Store {
     /// False when the server is not registered (its row was swept or deleted).
     pub async fn ack_server(&self, server_id: String, seen_seq: i64, now: i64) -> Result<bool> {
         self.write(move |c| {
-            Ok(c.prepare_cached(
-                "UPDATE servers SET seen_seq = MAX(seen_seq, ?2), heartbeat_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![server_id, seen_seq, now])?
+            Ok(c.execute(
+"UPDATE servers SET seen_seq = CASE WHEN seen_seq > ?2 THEN seen_seq ELSE ?2 END, heartbeat_at = ?3 WHERE id = ?1",
+args![server_id, seen_seq, now])?
                 > 0)
         })
         .await
@@ -56,7 +55,7 @@ impl Store {
     /// The server stopped.
     pub async fn unregister_server(&self, server_id: String) -> Result<()> {
         self.write(move |c| {
-            c.execute("DELETE FROM servers WHERE id = ?1", params![server_id])?;
+            c.execute("DELETE FROM servers WHERE id = ?1", args![server_id])?;
             Ok(())
         })
         .await
@@ -70,14 +69,13 @@ impl Store {
         loop {
             let (done, waiting) = self
                 .run(move |c| {
-                    Ok(c.prepare_cached(
+                    c.query_row(
                         "SELECT COUNT(*) FILTER (WHERE seen_seq >= ?1),
                                 COUNT(*) FILTER (WHERE seen_seq < ?1)
                            FROM servers WHERE heartbeat_at >= ?2",
-                    )?
-                    .query_row(params![seq, now() - LIVE_FOR], |r| {
-                        Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize))
-                    })?)
+                        args![seq, now() - LIVE_FOR],
+                        |r| Ok((r.get::<i64>(0)? as usize, r.get::<i64>(1)? as usize)),
+                    )
                 })
                 .await?;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -93,11 +91,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.db"), Duration::from_secs(5)).unwrap();
-        (dir, s)
-    }
+    use crate::store::testing::store;
 
     #[tokio::test]
     async fn waits_for_live_servers_only() {

@@ -7,8 +7,7 @@
 //! evict that user's cached sessions when they read it and acknowledge its number (see
 //! `servers.rs`), which is what the CLI waits for.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-
+use super::db::{args, Db};
 use super::{Result, Store};
 
 /// Admin changes come from the command line; the audit trail says so.
@@ -83,80 +82,78 @@ pub struct UserChange {
 }
 
 /// `(id, stored email, blocked)` of the user with this address (case-insensitive).
-pub(crate) fn find_user(c: &Connection, email: &str) -> Result<Option<(i64, String, bool)>> {
-    Ok(
-        c.prepare_cached("SELECT id, email, blocked FROM users WHERE email = ?1")?
-            .query_row(params![email], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?,
+pub(crate) fn find_user(c: &Db, email: &str) -> Result<Option<(i64, String, bool)>> {
+    c.query_opt(
+        "SELECT id, email, blocked FROM users WHERE email = ?1",
+        args![email],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
 }
 
 /// Tell running servers to evict the cached sessions of `user_id` (`None`: of everyone);
 /// returns the record's number.
-pub(crate) fn record_revocation(c: &Connection, user_id: Option<i64>, now: i64) -> Result<i64> {
+pub(crate) fn record_revocation(c: &Db, user_id: Option<i64>, now: i64) -> Result<i64> {
     record_revocation_kind(c, user_id, now, "sessions")
 }
 
 /// A record in the revocation log: `sessions` (evict the user's cached sessions, or all
 /// with `None`) or `keys` (reload the signing keys).
 pub(crate) fn record_revocation_kind(
-    c: &Connection,
+    c: &Db,
     user_id: Option<i64>,
     now: i64,
     kind: &str,
 ) -> Result<i64> {
-    Ok(c.prepare_cached(
+    c.query_row(
         "INSERT INTO revocations (user_id, at, kind) VALUES (?1, ?2, ?3) RETURNING seq",
-    )?
-    .query_row(params![user_id, now, kind], |r| r.get(0))?)
+        args![user_id, now, kind],
+        |r| r.get(0),
+    )
 }
 
 /// An admin change in the audit trail.
 pub(crate) fn audit_admin(
-    c: &Connection,
+    c: &Db,
     now: i64,
     event: &str,
     email: &str,
     user_id: Option<i64>,
     detail: &str,
 ) -> Result<()> {
-    c.prepare_cached(
+    c.execute(
         "INSERT INTO audit (at, event, email, user_id, ip, user_agent, detail)
          VALUES (?1, ?2, ?3, ?4, '', ?5, ?6)",
-    )?
-    .execute(params![now, event, email, user_id, ACTOR, detail])?;
+        args![now, event, email, user_id, ACTOR, detail],
+    )?;
     Ok(())
 }
 
-fn groups_of(c: &Connection, user_id: i64) -> Result<Vec<String>> {
-    let mut st =
-        c.prepare_cached("SELECT name FROM user_groups WHERE user_id = ?1 ORDER BY name")?;
-    let rows = st
-        .query_map(params![user_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+fn groups_of(c: &Db, user_id: i64) -> Result<Vec<String>> {
+    let rows = c.query_map(
+        "SELECT name FROM user_groups WHERE user_id = ?1 ORDER BY name",
+        args![user_id],
+        |r| r.get(0),
+    )?;
     Ok(rows)
 }
 
 /// Add and remove group names; returns the changes made, as `+name` / `-name`.
-fn change_groups(
-    c: &Connection,
-    user_id: i64,
-    add: &[String],
-    remove: &[String],
-) -> Result<Vec<String>> {
+fn change_groups(c: &Db, user_id: i64, add: &[String], remove: &[String]) -> Result<Vec<String>> {
     let mut changes = Vec::new();
     for g in add {
-        if c.prepare_cached("INSERT OR IGNORE INTO user_groups (user_id, name) VALUES (?1, ?2)")?
-            .execute(params![user_id, g])?
-            > 0
+        if c.execute(
+            "INSERT INTO user_groups (user_id, name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            args![user_id, g],
+        )? > 0
         {
             changes.push(format!("+{g}"));
         }
     }
     for g in remove {
-        if c.prepare_cached("DELETE FROM user_groups WHERE user_id = ?1 AND name = ?2")?
-            .execute(params![user_id, g])?
-            > 0
+        if c.execute(
+            "DELETE FROM user_groups WHERE user_id = ?1 AND name = ?2",
+            args![user_id, g],
+        )? > 0
         {
             changes.push(format!("-{g}"));
         }
@@ -166,21 +163,21 @@ fn change_groups(
 
 /// Queued mail to this user that must not go out any more: sign-in mail of their
 /// requests, and anything else addressed to them.
-fn drop_queued_mail(c: &Connection, user_id: i64, email: &str, why: &str) -> Result<usize> {
-    Ok(c.execute(
+fn drop_queued_mail(c: &Db, user_id: i64, email: &str, why: &str) -> Result<usize> {
+    c.execute(
         "UPDATE outbox SET state = 'failed', last_error = ?3
           WHERE state = 'queued'
             AND (request_id IN (SELECT id FROM sign_in_requests WHERE user_id = ?1)
                  OR recipient = ?2 COLLATE NOCASE)",
-        params![user_id, email, why],
-    )?)
+        args![user_id, email, why],
+    )
 }
 
 impl Store {
     /// Users in the order they were created, optionally only the one with this address.
     pub async fn list_users(&self, email: Option<String>, now: i64) -> Result<Vec<UserRow>> {
         self.run(move |c| {
-            let mut st = c.prepare_cached(
+            let mut users = c.query_map(
                 "SELECT u.id, u.email, u.created_at, u.blocked, u.invited,
                         (SELECT COUNT(*) FROM sessions s
                           WHERE s.user_id = u.id AND s.confirmed = 1 AND s.expires_at > ?1),
@@ -188,9 +185,8 @@ impl Store {
                           WHERE s.user_id = u.id AND s.confirmed = 1)
                    FROM users u WHERE ?2 IS NULL OR u.email = ?2
                   ORDER BY u.id",
-            )?;
-            let mut users = st
-                .query_map(params![now, email], |r| {
+                args![now, email],
+                |r| {
                     Ok(UserRow {
                         id: r.get(0)?,
                         email: r.get(1)?,
@@ -203,17 +199,17 @@ impl Store {
                         sessions: r.get(5)?,
                         last_seen_at: r.get(6)?,
                     })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut st = c.prepare_cached(
+                },
+            )?;
+            let rows: Vec<(i64, String)> = c.query_map(
                 "SELECT g.user_id, g.name FROM user_groups g JOIN users u ON u.id = g.user_id
                   WHERE ?1 IS NULL OR u.email = ?1
                   ORDER BY g.user_id, g.name",
+                args![email],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let mut rows = st.query(params![email])?;
             let mut i = 0;
-            while let Some(r) = rows.next()? {
-                let (id, name): (i64, String) = (r.get(0)?, r.get(1)?);
+            for (id, name) in rows {
                 // Both lists are ordered by user id.
                 while i < users.len() && users[i].id < id {
                     i += 1;
@@ -236,15 +232,14 @@ impl Store {
         now: i64,
     ) -> Result<UserChange> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let (user_id, stored, created, blocked, detail) = match find_user(&tx, &email)? {
                 Some((id, stored, blocked)) => {
-                    let was: bool = tx.query_row(
-                        "SELECT invited FROM users WHERE id = ?1",
-                        params![id],
-                        |r| r.get(0),
-                    )?;
-                    tx.execute("UPDATE users SET invited = 1 WHERE id = ?1", params![id])?;
+                    let was: bool =
+                        tx.query_row("SELECT invited FROM users WHERE id = ?1", args![id], |r| {
+                            r.get(0)
+                        })?;
+                    tx.execute("UPDATE users SET invited = 1 WHERE id = ?1", args![id])?;
                     let detail = if was {
                         "already invited"
                     } else {
@@ -256,7 +251,7 @@ impl Store {
                     let id: i64 = tx.query_row(
                         "INSERT INTO users (email, created_at, invited) VALUES (?1, ?2, 1)
                          RETURNING id",
-                        params![email, now],
+                        args![email, now],
                         |r| r.get(0),
                     )?;
                     (id, email, true, false, "new user")
@@ -301,18 +296,18 @@ impl Store {
     /// address. The address can sign up again later (block it to prevent that).
     pub async fn remove_user(&self, email: String, now: i64) -> Result<Option<UserChange>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some((user_id, stored, _)) = find_user(&tx, &email)? else {
                 return Ok(None);
             };
             let sessions: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM sessions WHERE user_id = ?1 AND confirmed = 1",
-                params![user_id],
+                args![user_id],
                 |r| r.get(0),
             )?;
             // Before the delete: it finds the mail through the requests the delete removes.
             let mails = drop_queued_mail(&tx, user_id, &stored, "user removed")?;
-            tx.execute("DELETE FROM users WHERE id = ?1", params![user_id])?;
+            tx.execute("DELETE FROM users WHERE id = ?1", args![user_id])?;
             let detail = format!("{sessions} session(s) ended");
             audit_admin(&tx, now, "user_removed", &stored, Some(user_id), &detail)?;
             let seq = record_revocation(&tx, Some(user_id), now)?;
@@ -333,17 +328,17 @@ impl Store {
     /// queued mail. An unknown address gets a blocked user row, so it cannot sign up.
     pub async fn block_user(&self, email: String, now: i64) -> Result<UserChange> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let (user_id, stored, created) = match find_user(&tx, &email)? {
                 Some((id, stored, _)) => {
-                    tx.execute("UPDATE users SET blocked = 1 WHERE id = ?1", params![id])?;
+                    tx.execute("UPDATE users SET blocked = 1 WHERE id = ?1", args![id])?;
                     (id, stored, false)
                 }
                 None => {
                     let id: i64 = tx.query_row(
                         "INSERT INTO users (email, created_at, blocked) VALUES (?1, ?2, 1)
                          RETURNING id",
-                        params![email, now],
+                        args![email, now],
                         |r| r.get(0),
                     )?;
                     (id, email, true)
@@ -351,15 +346,15 @@ impl Store {
             };
             let sessions = tx.execute(
                 "DELETE FROM sessions WHERE user_id = ?1 AND confirmed = 1",
-                params![user_id],
+                args![user_id],
             )?;
             let requests = tx.execute(
                 "UPDATE sign_in_requests SET state = 'cancelled'
                   WHERE user_id = ?1 AND state IN ('pending', 'approved')",
-                params![user_id],
+                args![user_id],
             )?;
             // Waiting browsers' pending sessions go too: they see no sign-in in progress.
-            tx.execute("DELETE FROM sessions WHERE user_id = ?1", params![user_id])?;
+            tx.execute("DELETE FROM sessions WHERE user_id = ?1", args![user_id])?;
             let mails = drop_queued_mail(&tx, user_id, &stored, "user blocked")?;
             let detail = if created {
                 "new address".to_string()
@@ -393,14 +388,11 @@ impl Store {
     /// Let a blocked user sign in again. `None` for an unknown address.
     pub async fn unblock_user(&self, email: String, now: i64) -> Result<Option<UserChange>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some((user_id, stored, was)) = find_user(&tx, &email)? else {
                 return Ok(None);
             };
-            tx.execute(
-                "UPDATE users SET blocked = 0 WHERE id = ?1",
-                params![user_id],
-            )?;
+            tx.execute("UPDATE users SET blocked = 0 WHERE id = ?1", args![user_id])?;
             let detail = if was { "" } else { "was not blocked" };
             audit_admin(&tx, now, "user_unblocked", &stored, Some(user_id), detail)?;
             let seq = record_revocation(&tx, Some(user_id), now)?;
@@ -427,7 +419,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<UserChange>> {
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some((user_id, stored, blocked)) = find_user(&tx, &email)? else {
                 return Ok(None);
             };
@@ -461,30 +453,26 @@ impl Store {
     /// The newest `filter.limit` matching audit events, returned oldest first.
     pub async fn list_audit(&self, filter: AuditFilter) -> Result<Vec<AuditRow>> {
         self.run(move |c| {
-            let mut st = c.prepare_cached(
+            let mut rows = c.query_map(
                 "SELECT id, at, event, email, user_id, ip, user_agent, detail FROM audit
                   WHERE (?1 IS NULL OR email = ?1 COLLATE NOCASE)
                     AND (?2 IS NULL OR at >= ?2)
                     AND (?3 IS NULL OR event = ?3)
                   ORDER BY at DESC, id DESC LIMIT ?4",
+                args![filter.email, filter.since, filter.event, filter.limit],
+                |r| {
+                    Ok(AuditRow {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        event: r.get(2)?,
+                        email: r.get(3)?,
+                        user_id: r.get(4)?,
+                        ip: r.get(5)?,
+                        user_agent: r.get(6)?,
+                        detail: r.get(7)?,
+                    })
+                },
             )?;
-            let mut rows = st
-                .query_map(
-                    params![filter.email, filter.since, filter.event, filter.limit],
-                    |r| {
-                        Ok(AuditRow {
-                            id: r.get(0)?,
-                            at: r.get(1)?,
-                            event: r.get(2)?,
-                            email: r.get(3)?,
-                            user_id: r.get(4)?,
-                            ip: r.get(5)?,
-                            user_agent: r.get(6)?,
-                            detail: r.get(7)?,
-                        })
-                    },
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.reverse();
             Ok(rows)
         })
@@ -498,11 +486,7 @@ pub(crate) mod tests {
     use crate::secrets;
     use crate::store::{now, NewSignIn};
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).unwrap();
-        (dir, s)
-    }
+    use crate::store::testing::store;
 
     /// A sign-in for `email` as the handler builds it (allowed by the policy).
     fn sign_in(email: &str) -> NewSignIn {

@@ -254,6 +254,7 @@ impl Authbase {
     /// Start `authbase serve` in `dir` with `config`, the `RUST_LOG` filter `log` and
     /// extra environment variables for the child only (tests never change their own).
     fn spawn(dir: tempfile::TempDir, config: &str, log: &str, env: &[(&str, &str)]) -> Authbase {
+        let config = &on_test_backend(dir.path(), config);
         std::fs::write(dir.path().join("authbase.toml"), config).unwrap();
         let mut child = Command::new(binary())
             .arg("serve")
@@ -354,7 +355,51 @@ impl Authbase {
     }
 
     pub fn db_path(&self) -> PathBuf {
+        assert!(
+            !self.config.contains("postgres://"),
+            "db_path() is the SQLite file; this server runs on PostgreSQL (mark the test SQLITE_ONLY, or use sql())"
+        );
         self.dir.path().join("authbase.db")
+    }
+
+    /// The server's `database` setting: the SQLite file's path or a PostgreSQL URL.
+    pub fn database(&self) -> String {
+        database_of(&self.config).unwrap_or_else(|| self.db_path().display().to_string())
+    }
+
+    /// Run SQL (no parameters) on the server's database, whichever backend it is on;
+    /// returns every row's columns.
+    pub fn sql(&self, sql: &str) -> Vec<Vec<SqlValue>> {
+        let db = self.database();
+        if db.starts_with("postgres://") {
+            return postgres_sql(&db, sql);
+        }
+        let path = if Path::new(&db).is_absolute() {
+            PathBuf::from(db)
+        } else {
+            self.dir.path().join(db)
+        };
+        let c = rusqlite::Connection::open(path).unwrap();
+        let mut st = c.prepare(sql).unwrap();
+        let n = st.column_count();
+        let mut rows = st.query([]).unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().unwrap() {
+            out.push(
+                (0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Null => SqlValue::Null,
+                        rusqlite::types::ValueRef::Integer(v) => SqlValue::Int(v),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            SqlValue::Text(String::from_utf8_lossy(t).into_owned())
+                        }
+                        rusqlite::types::ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+                        rusqlite::types::ValueRef::Real(_) => panic!("a real number"),
+                    })
+                    .collect(),
+            );
+        }
+        out
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit; returns the exit status.
@@ -397,6 +442,187 @@ impl Drop for Authbase {
             let _ = c.wait();
         }
     }
+}
+
+// ---------------------------------------------------------------- database backends
+
+/// In a test's `top` config: this test is about the SQLite file itself (moving it, locking
+/// it, its bytes), so it stays on SQLite in the PostgreSQL pass of `scripts/test`.
+pub const SQLITE_ONLY: &str = "# sqlite-only: this test is about the SQLite file";
+
+/// The throwaway PostgreSQL server `scripts/test` starts (`AUTHBASE_TEST_POSTGRES`).
+pub fn postgres_server() -> String {
+    std::env::var("AUTHBASE_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect("AUTHBASE_TEST_POSTGRES is not set: run the suite with `scripts/test`, which starts a PostgreSQL server for it")
+}
+
+/// Is this the PostgreSQL pass (`AUTHBASE_TEST_BACKEND=postgres`), in which servers the
+/// tests start run on PostgreSQL instead of their SQLite file?
+pub fn postgres_pass() -> bool {
+    std::env::var("AUTHBASE_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// `config` for the backend of this run: in the PostgreSQL pass, the default SQLite file
+/// becomes a database of its own on the test server, one per server folder (a restart in
+/// the same folder finds the same database).
+pub fn on_test_backend(dir: &Path, config: &str) -> String {
+    const DEFAULT: &str = "database = \"authbase.db\"";
+    if !postgres_pass() || config.contains(SQLITE_ONLY) || !config.contains(DEFAULT) {
+        return config.to_string();
+    }
+    let marker = dir.join(".test-postgres-database");
+    let url = match std::fs::read_to_string(&marker) {
+        Ok(u) => u,
+        Err(_) => {
+            let u = new_postgres_database(&postgres_server());
+            std::fs::write(&marker, &u).unwrap();
+            u
+        }
+    };
+    config.replace(DEFAULT, &format!("database = \"{url}\""))
+}
+
+fn database_of(config: &str) -> Option<String> {
+    config.lines().find_map(|l| {
+        let v = l.strip_prefix("database = \"")?.strip_suffix('"')?;
+        Some(v.to_string())
+    })
+}
+
+/// A new, empty database on `server`; its URL.
+pub fn new_postgres_database(server: &str) -> String {
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let server = server.to_string();
+    let sql = format!("CREATE DATABASE {name}");
+    postgres_sql(&server, &sql);
+    let (base, _) = server.rsplit_once('/').expect("a URL with a database name");
+    format!("{base}/{name}")
+}
+
+static NEXT_DB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Another process's hold on the database's write lock (see `Authbase::hold_write_lock`);
+/// released when dropped.
+pub struct WriteLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(h) = self.holder.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Authbase {
+    /// Hold the database's write lock from another connection, as another writer would:
+    /// SQLite's exclusive lock on the file, or on PostgreSQL the advisory lock every
+    /// authbase writer takes. Returns once it is held.
+    pub fn hold_write_lock(&self) -> WriteLock {
+        let db = self.database();
+        let path = self.dir.path().join(&db);
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (held, is_held) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            if db.starts_with("postgres://") {
+                let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+                c.batch_execute("SELECT pg_advisory_lock(7022647185630131045)")
+                    .unwrap();
+                held.send(()).unwrap();
+                let _ = wait.recv();
+                c.batch_execute("SELECT pg_advisory_unlock(7022647185630131045)")
+                    .unwrap();
+            } else {
+                let c = rusqlite::Connection::open(path).unwrap();
+                c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                held.send(()).unwrap();
+                let _ = wait.recv();
+                c.execute_batch("COMMIT").unwrap();
+            }
+        });
+        is_held
+            .recv_timeout(WAIT)
+            .expect("the write lock was taken");
+        WriteLock {
+            release: Some(release),
+            holder: Some(holder),
+        }
+    }
+}
+
+/// A column as `Authbase::sql` returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl SqlValue {
+    pub fn int(&self) -> i64 {
+        match self {
+            SqlValue::Int(i) => *i,
+            other => panic!("not an integer: {other:?}"),
+        }
+    }
+    pub fn blob(&self) -> Vec<u8> {
+        match self {
+            SqlValue::Blob(b) => b.clone(),
+            other => panic!("not bytes: {other:?}"),
+        }
+    }
+}
+
+/// Run SQL on a PostgreSQL database, on a thread of its own (the blocking client must
+/// not run on an async test's runtime).
+fn postgres_sql(url: &str, sql: &str) -> Vec<Vec<SqlValue>> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        use postgres::types::Type;
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let mut out = Vec::new();
+        let is_query = sql.trim_start().to_ascii_uppercase().starts_with("SELECT");
+        if !is_query {
+            c.batch_execute(&sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            return out;
+        }
+        for r in c.query(&sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")) {
+            out.push(
+                (0..r.len())
+                    .map(|i| {
+                        let t = r.columns()[i].type_().clone();
+                        let v = if t == Type::INT8 {
+                            r.get::<_, Option<i64>>(i).map(SqlValue::Int)
+                        } else if t == Type::INT4 {
+                            r.get::<_, Option<i32>>(i).map(|v| SqlValue::Int(v.into()))
+                        } else if t == Type::BOOL {
+                            r.get::<_, Option<bool>>(i).map(|v| SqlValue::Int(v.into()))
+                        } else if t == Type::BYTEA {
+                            r.get::<_, Option<Vec<u8>>>(i).map(SqlValue::Blob)
+                        } else {
+                            r.get::<_, Option<String>>(i).map(SqlValue::Text)
+                        };
+                        v.unwrap_or(SqlValue::Null)
+                    })
+                    .collect(),
+            );
+        }
+        out
+    })
+    .join()
+    .unwrap()
 }
 
 // ---------------------------------------------------------------- HTTP client

@@ -1,0 +1,767 @@
+//! One SQL API over both backends, so the store is written once.
+//!
+//! The store's queries are plain SQL in the subset SQLite and PostgreSQL share (`?N`
+//! parameters, `RETURNING`, `ON CONFLICT`, `COUNT(*) FILTER`, `string_agg`, and a
+//! case-insensitive collation named `nocase` in both), run through [`Db`] on tokio's
+//! blocking pool. SQLite goes through rusqlite; PostgreSQL through rust-postgres' blocking
+//! client, with parameters rewritten to `$N`, typed from the Rust values bound to them, and
+//! statements prepared once per connection.
+//!
+//! Transactions are serialized like SQLite's: a write transaction on PostgreSQL first takes
+//! a transaction-scoped advisory lock that every writer of every replica takes, so the
+//! store's read-then-write logic (limits, single-use links, the revocation log's order)
+//! holds across replicas exactly as it does on one SQLite file. Reads never wait for it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::types::{to_sql_checked, IsNull, ToSql as PgToSql, Type};
+use r2d2::PooledConnection;
+use r2d2_sqlite::SqliteConnectionManager;
+
+use super::{Result, StoreError};
+
+/// The advisory lock every PostgreSQL write transaction holds ("authbase" in ASCII).
+const WRITE_LOCK: i64 = 0x6175_7468_6261_7365;
+
+/// Is this `database` setting a PostgreSQL URL (rather than a SQLite file path)?
+pub fn is_postgres(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
+/// The `database` setting as it may be shown (logs, errors, CLI output): a URL's
+/// password replaced by `***`.
+pub fn shown(database: &str) -> String {
+    if !is_postgres(database) {
+        return database.to_string();
+    }
+    match url::Url::parse(database) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "password" {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        Err(_) => "(a PostgreSQL URL that does not parse)".into(),
+    }
+}
+
+/// The type of a parameter, for a NULL and for PostgreSQL's statement preparation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ty {
+    Int,
+    Text,
+    Blob,
+}
+
+/// A value bound to a statement parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    Int(i64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+    Null(Ty),
+}
+
+impl Arg<'_> {
+    fn ty(&self) -> Ty {
+        match self {
+            Arg::Int(_) => Ty::Int,
+            Arg::Text(_) => Ty::Text,
+            Arg::Blob(_) => Ty::Blob,
+            Arg::Null(t) => *t,
+        }
+    }
+}
+
+/// An owned parameter value, for statements built at run time (filters).
+#[derive(Debug, Clone)]
+pub enum Value {
+    Int(i64),
+    Text(String),
+}
+
+/// Something that binds as a parameter. `TY` is its type when it is absent (`None`).
+pub trait ToArg {
+    const TY: Ty;
+    fn to_arg(&self) -> Arg<'_>;
+}
+
+macro_rules! int_arg {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            const TY: Ty = Ty::Int;
+            fn to_arg(&self) -> Arg<'_> {
+                Arg::Int(*self as i64)
+            }
+        }
+    )*};
+}
+int_arg!(i64, i32, u32, u16, u8);
+
+impl ToArg for bool {
+    const TY: Ty = Ty::Int;
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Int(i64::from(*self))
+    }
+}
+impl ToArg for str {
+    const TY: Ty = Ty::Text;
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Text(self)
+    }
+}
+impl ToArg for String {
+    const TY: Ty = Ty::Text;
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Text(self)
+    }
+}
+impl ToArg for [u8] {
+    const TY: Ty = Ty::Blob;
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+impl ToArg for Vec<u8> {
+    const TY: Ty = Ty::Blob;
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+impl<const N: usize> ToArg for [u8; N] {
+    const TY: Ty = Ty::Blob;
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+impl ToArg for Value {
+    // Never absent; the type is only used for `Option<Value>`, which nothing binds.
+    const TY: Ty = Ty::Text;
+    fn to_arg(&self) -> Arg<'_> {
+        match self {
+            Value::Int(i) => Arg::Int(*i),
+            Value::Text(s) => Arg::Text(s),
+        }
+    }
+}
+impl<T: ToArg> ToArg for Option<T> {
+    const TY: Ty = T::TY;
+    fn to_arg(&self) -> Arg<'_> {
+        match self {
+            Some(v) => v.to_arg(),
+            None => Arg::Null(T::TY),
+        }
+    }
+}
+impl<T: ToArg + ?Sized> ToArg for &T {
+    const TY: Ty = T::TY;
+    fn to_arg(&self) -> Arg<'_> {
+        (**self).to_arg()
+    }
+}
+
+/// Statement parameters: `args![a, &b, c]`.
+macro_rules! args {
+    ($($e:expr),* $(,)?) => {
+        &[$($crate::store::db::ToArg::to_arg(&$e)),*][..]
+    };
+}
+pub(crate) use args;
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput::Borrowed, ValueRef};
+        Ok(Borrowed(match *self {
+            Arg::Int(i) => ValueRef::Integer(i),
+            Arg::Text(s) => ValueRef::Text(s.as_bytes()),
+            Arg::Blob(b) => ValueRef::Blob(b),
+            Arg::Null(_) => ValueRef::Null,
+        }))
+    }
+}
+
+impl PgToSql for Arg<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match *self {
+            Arg::Null(_) => Ok(IsNull::Yes),
+            Arg::Int(i) if *ty == Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
+            Arg::Int(i) if *ty == Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
+            Arg::Int(i) if *ty == Type::BOOL => (i != 0).to_sql(ty, out),
+            Arg::Int(i) => i.to_sql(ty, out),
+            Arg::Text(s) => s.to_sql(ty, out),
+            Arg::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn pg_type(t: Ty) -> Type {
+    match t {
+        Ty::Int => Type::INT8,
+        Ty::Text => Type::TEXT,
+        Ty::Blob => Type::BYTEA,
+    }
+}
+
+/// `?N` and `?` parameters as PostgreSQL's `$N` (a bare `?` is one more than the largest
+/// number so far, as in SQLite). Quoted strings and identifiers are left alone.
+pub fn pg_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let (mut quote, mut max) = (None::<char>, 0u32);
+    let mut chars = sql.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            (Some(_), c) => out.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(ch);
+                out.push(ch);
+            }
+            (None, '?') => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                let n = digits.parse().unwrap_or(max + 1);
+                max = max.max(n);
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            (None, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// One column of a result row, as both backends give it.
+#[derive(Debug, Clone, Copy)]
+pub enum Cell<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+/// A Rust value read from a column.
+pub trait FromCell: Sized {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String>;
+}
+
+impl FromCell for i64 {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String> {
+        match c {
+            Cell::Int(i) => Ok(i),
+            other => Err(format!("expected an integer, got {other:?}")),
+        }
+    }
+}
+impl FromCell for u32 {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String> {
+        u32::try_from(i64::from_cell(c)?).map_err(|e| e.to_string())
+    }
+}
+impl FromCell for bool {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String> {
+        Ok(i64::from_cell(c)? != 0)
+    }
+}
+impl FromCell for String {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String> {
+        match c {
+            Cell::Text(s) => Ok(s.to_string()),
+            other => Err(format!("expected text, got {other:?}")),
+        }
+    }
+}
+impl FromCell for Vec<u8> {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String> {
+        match c {
+            Cell::Blob(b) => Ok(b.to_vec()),
+            other => Err(format!("expected bytes, got {other:?}")),
+        }
+    }
+}
+impl<T: FromCell> FromCell for Option<T> {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String> {
+        match c {
+            Cell::Null => Ok(None),
+            c => T::from_cell(c).map(Some),
+        }
+    }
+}
+
+/// A result row.
+pub enum Row<'a> {
+    Lite(&'a rusqlite::Row<'a>),
+    Pg(&'a postgres::Row),
+}
+
+impl Row<'_> {
+    pub fn get<T: FromCell>(&self, i: usize) -> Result<T> {
+        let bad = |e: String| StoreError::Db(format!("column {i}: {e}"));
+        match self {
+            Row::Lite(r) => {
+                use rusqlite::types::ValueRef;
+                let c = match r.get_ref(i)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(v) => Cell::Int(v),
+                    ValueRef::Text(t) => {
+                        Cell::Text(std::str::from_utf8(t).map_err(|e| bad(e.to_string()))?)
+                    }
+                    ValueRef::Blob(b) => Cell::Blob(b),
+                    ValueRef::Real(_) => return Err(bad("a real number".into())),
+                };
+                T::from_cell(c).map_err(bad)
+            }
+            Row::Pg(r) => {
+                let ty = r
+                    .columns()
+                    .get(i)
+                    .ok_or_else(|| bad("no such column".into()))?
+                    .type_()
+                    .clone();
+                let pg = |e: postgres::Error| bad(e.to_string());
+                let c = if ty == Type::INT8 {
+                    r.try_get::<_, Option<i64>>(i).map_err(pg)?.map(Cell::Int)
+                } else if ty == Type::INT4 {
+                    r.try_get::<_, Option<i32>>(i)
+                        .map_err(pg)?
+                        .map(|v| Cell::Int(v.into()))
+                } else if ty == Type::INT2 {
+                    r.try_get::<_, Option<i16>>(i)
+                        .map_err(pg)?
+                        .map(|v| Cell::Int(v.into()))
+                } else if ty == Type::BOOL {
+                    r.try_get::<_, Option<bool>>(i)
+                        .map_err(pg)?
+                        .map(|v| Cell::Int(v.into()))
+                } else if ty == Type::BYTEA {
+                    r.try_get::<_, Option<&[u8]>>(i)
+                        .map_err(pg)?
+                        .map(Cell::Blob)
+                } else {
+                    r.try_get::<_, Option<&str>>(i).map_err(pg)?.map(Cell::Text)
+                };
+                T::from_cell(c.unwrap_or(Cell::Null)).map_err(bad)
+            }
+        }
+    }
+}
+
+/// A PostgreSQL connection with the statements prepared on it.
+pub struct PgConn {
+    client: postgres::Client,
+    prepared: HashMap<(String, Vec<Ty>), postgres::Statement>,
+}
+
+/// How the pool opens PostgreSQL connections: TLS by rustls when the URL asks for it
+/// (`sslmode=prefer`, the default, or `require`), verified against the Mozilla roots.
+pub struct PgManager {
+    config: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// How long a writer waits for the write lock (and any statement for a row lock)
+    /// before the call fails as busy, like SQLite's busy timeout.
+    lock_timeout: Duration,
+}
+
+impl PgManager {
+    pub fn new(url: &str, lock_timeout: Duration) -> Result<PgManager> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Db(format!("database URL: {e}")))?;
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Db(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(PgManager {
+            config,
+            tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            lock_timeout,
+        })
+    }
+}
+
+impl r2d2::ManageConnection for PgManager {
+    type Connection = PgConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<PgConn, postgres::Error> {
+        let mut client = self.config.connect(self.tls.clone())?;
+        client.batch_execute(&format!(
+            "SET lock_timeout = {}",
+            self.lock_timeout.as_millis()
+        ))?;
+        Ok(PgConn {
+            client,
+            prepared: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, c: &mut PgConn) -> std::result::Result<(), postgres::Error> {
+        c.client.batch_execute("")
+    }
+
+    fn has_broken(&self, c: &mut PgConn) -> bool {
+        c.client.is_closed()
+    }
+}
+
+impl PgConn {
+    fn statement(&mut self, sql: &str, args: &[Arg]) -> Result<postgres::Statement> {
+        let types: Vec<Ty> = args.iter().map(Arg::ty).collect();
+        let key = (sql.to_string(), types);
+        if let Some(s) = self.prepared.get(&key) {
+            return Ok(s.clone());
+        }
+        let pg_types: Vec<Type> = key.1.iter().map(|t| pg_type(*t)).collect();
+        let st = self.client.prepare_typed(&pg_sql(sql), &pg_types)?;
+        self.prepared.insert(key, st.clone());
+        Ok(st)
+    }
+
+    fn query(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<postgres::Row>> {
+        let st = self.statement(sql, args)?;
+        let params: Vec<&(dyn PgToSql + Sync)> =
+            args.iter().map(|a| a as &(dyn PgToSql + Sync)).collect();
+        Ok(self.client.query(&st, &params)?)
+    }
+
+    fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<usize> {
+        let st = self.statement(sql, args)?;
+        let params: Vec<&(dyn PgToSql + Sync)> =
+            args.iter().map(|a| a as &(dyn PgToSql + Sync)).collect();
+        Ok(self.client.execute(&st, &params)? as usize)
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        if let Some(db) = e.as_db_error() {
+            // The message only: PostgreSQL's DETAIL can quote the row (an address).
+            let code = db.code();
+            if [
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::LOCK_NOT_AVAILABLE,
+                SqlState::QUERY_CANCELED,
+            ]
+            .contains(code)
+            {
+                return StoreError::Busy;
+            }
+            return StoreError::Db(format!("{} ({})", db.message(), code.code()));
+        }
+        if e.is_closed() {
+            return StoreError::Unavailable("the connection to PostgreSQL was lost".into());
+        }
+        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    }
+}
+
+/// Run blocking database work that may start on an async worker thread (start-up,
+/// the admin CLI): rust-postgres' blocking client runs a small runtime of its own, which
+/// must not be entered from one. Elsewhere the store is already on the blocking pool.
+pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
+    } else {
+        f()
+    }
+}
+
+/// A PostgreSQL pool, closed off the async workers when the last handle goes (closing a
+/// blocking client shuts its runtime down, which an async worker must not do).
+pub struct PgPool(Option<r2d2::Pool<PgManager>>);
+
+impl PgPool {
+    pub fn new(p: r2d2::Pool<PgManager>) -> Arc<PgPool> {
+        Arc::new(PgPool(Some(p)))
+    }
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            blocking(move || drop(p));
+        }
+    }
+}
+
+/// A connection pool of either backend.
+#[derive(Clone)]
+pub enum Pool {
+    Lite(r2d2::Pool<SqliteConnectionManager>),
+    Pg(Arc<PgPool>),
+}
+
+impl Pool {
+    pub fn get(&self) -> Result<Db> {
+        let conn = match self {
+            Pool::Lite(p) => {
+                let c = p.get()?;
+                // A transaction left open by a failed rollback ends here, not in the
+                // next caller's BEGIN.
+                if !c.is_autocommit() {
+                    c.execute_batch("ROLLBACK")?;
+                }
+                Conn::Lite(c)
+            }
+            Pool::Pg(p) => Conn::Pg(RefCell::new(
+                p.0.as_ref().expect("open until dropped").get()?,
+            )),
+        };
+        Ok(Db {
+            conn,
+            depth: std::cell::Cell::new(0),
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Pool::Pg(_))
+    }
+}
+
+// Short-lived, one per call on the blocking pool: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Conn {
+    Lite(PooledConnection<SqliteConnectionManager>),
+    Pg(RefCell<PooledConnection<PgManager>>),
+}
+
+/// A pooled connection of either backend. Queries take `&self`, so helpers take `&Db`
+/// whether they run inside a transaction or not.
+pub struct Db {
+    conn: Conn,
+    /// Open transactions: 0 none, 1 a transaction, more: savepoints inside it.
+    depth: std::cell::Cell<u32>,
+}
+
+impl Db {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.conn, Conn::Pg(_))
+    }
+
+    /// The SQLite connection, for what only SQLite has (backup, pragmas).
+    pub fn sqlite(&self) -> Option<&rusqlite::Connection> {
+        match &self.conn {
+            Conn::Lite(c) => Some(c),
+            Conn::Pg(_) => None,
+        }
+    }
+
+    /// Run a statement; returns the rows it changed.
+    pub fn execute(&self, sql: &str, args: &[Arg]) -> Result<usize> {
+        match &self.conn {
+            Conn::Lite(c) => Ok(c.prepare_cached(sql)?.execute(args_lite(args))?),
+            Conn::Pg(c) => c.borrow_mut().execute(sql, args),
+        }
+    }
+
+    /// Every row, each mapped by `f`.
+    pub fn query_map<T>(
+        &self,
+        sql: &str,
+        args: &[Arg],
+        mut f: impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        match &self.conn {
+            Conn::Lite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(args_lite(args))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(f(&Row::Lite(r))?);
+                }
+                Ok(out)
+            }
+            Conn::Pg(c) => {
+                let rows = c.borrow_mut().query(sql, args)?;
+                rows.iter().map(|r| f(&Row::Pg(r))).collect()
+            }
+        }
+    }
+
+    /// The first row, if any, mapped by `f`.
+    pub fn query_opt<T>(
+        &self,
+        sql: &str,
+        args: &[Arg],
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match &self.conn {
+            Conn::Lite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(args_lite(args))?;
+                match rows.next()? {
+                    Some(r) => Ok(Some(f(&Row::Lite(r))?)),
+                    None => Ok(None),
+                }
+            }
+            Conn::Pg(c) => {
+                let rows = c.borrow_mut().query(sql, args)?;
+                rows.first().map(|r| f(&Row::Pg(r))).transpose()
+            }
+        }
+    }
+
+    /// The first row, mapped by `f`; an error when there is none.
+    pub fn query_row<T>(
+        &self,
+        sql: &str,
+        args: &[Arg],
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<T> {
+        self.query_opt(sql, args, f)?
+            .ok_or_else(|| StoreError::Db("query returned no rows".into()))
+    }
+
+    /// One column of the first row.
+    pub fn query_one<T: FromCell>(&self, sql: &str, args: &[Arg]) -> Result<T> {
+        self.query_row(sql, args, |r| r.get(0))
+    }
+
+    /// Statements without parameters, separated by semicolons (migrations).
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        match &self.conn {
+            Conn::Lite(c) => Ok(c.execute_batch(sql)?),
+            Conn::Pg(c) => Ok(c.borrow_mut().client.batch_execute(sql)?),
+        }
+    }
+
+    /// A write transaction: rolled back when dropped without `commit`. Inside another
+    /// one it is a savepoint, so a nested `commit` keeps its changes for the outer one
+    /// and a nested drop undoes only its own.
+    pub fn transaction(&self) -> Result<Tx<'_>> {
+        let depth = self.depth.get();
+        let begin = match (&self.conn, depth) {
+            (_, d) if d > 0 => format!("SAVEPOINT sp{d}"),
+            (Conn::Lite(_), _) => "BEGIN IMMEDIATE".into(),
+            (Conn::Pg(_), _) => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
+        };
+        if depth == 0 {
+            if let Err(e) = self.execute_batch(&begin) {
+                // PostgreSQL: BEGIN went through and the lock did not.
+                let _ = self.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        } else {
+            self.execute_batch(&begin)?;
+        }
+        self.depth.set(depth + 1);
+        Ok(Tx {
+            db: self,
+            depth,
+            done: false,
+        })
+    }
+}
+
+fn args_lite<'a>(args: &'a [Arg<'a>]) -> rusqlite::ParamsFromIter<std::slice::Iter<'a, Arg<'a>>> {
+    rusqlite::params_from_iter(args.iter())
+}
+
+/// An open transaction (or savepoint); see [`Db::transaction`].
+pub struct Tx<'a> {
+    db: &'a Db,
+    depth: u32,
+    done: bool,
+}
+
+impl Tx<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        let sql = if self.depth > 0 {
+            format!("RELEASE sp{}", self.depth)
+        } else {
+            "COMMIT".into()
+        };
+        let r = self.db.execute_batch(&sql);
+        self.db.depth.set(self.depth);
+        if r.is_err() && self.depth == 0 {
+            let _ = self.db.execute_batch("ROLLBACK");
+        }
+        r
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let sql = if self.depth > 0 {
+            format!("ROLLBACK TO sp{0}; RELEASE sp{0}", self.depth)
+        } else {
+            "ROLLBACK".into()
+        };
+        // A failed rollback leaves a broken connection; PostgreSQL's is then dropped by
+        // the pool (`has_broken`), SQLite's rolls back when it is next used or closed.
+        let _ = self.db.execute_batch(&sql);
+        self.db.depth.set(self.depth);
+    }
+}
+
+/// How long a pool waits for a free connection.
+pub const POOL_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_numbered_for_postgres() {
+        assert_eq!(
+            pg_sql("SELECT ?1, ?2 WHERE a = ?1 AND b = '?3' AND \"c?\" = ?"),
+            "SELECT $1, $2 WHERE a = $1 AND b = '?3' AND \"c?\" = $3"
+        );
+        assert_eq!(pg_sql("x = ? AND y = ?"), "x = $1 AND y = $2");
+        assert_eq!(pg_sql("x = ?10"), "x = $10");
+    }
+}
