@@ -61,7 +61,7 @@ pub(crate) fn open(cfg: &Config) -> Result<Store, AdminError> {
             cfg.database
         )));
     }
-    Store::open(&cfg.database, Duration::from_secs(5)).map_err(|e| {
+    Store::open(cfg.database_target(), Duration::from_secs(5)).map_err(|e| {
         AdminError::Unavailable(format!(
             "database {}: {e}",
             crate::store::db::shown(&cfg.database)
@@ -444,23 +444,50 @@ pub async fn keys_rotate(cfg: &Config) -> Result<Report, AdminError> {
 /// (servers do this on start too; this is for deployment steps and checks).
 pub async fn migrate(cfg: &Config) -> Result<Report, AdminError> {
     let shown = crate::store::db::shown(&cfg.database);
-    let before = Store::schema_version(&cfg.database)
+    let before = Store::schema_version(cfg.database_target())
         .map_err(|e| AdminError::Unavailable(format!("database {shown}: {e}")))?;
-    Store::open(&cfg.database, Duration::from_secs(5))
+    Store::open(cfg.database_target(), Duration::from_secs(5))
         .map_err(|e| AdminError::Unavailable(format!("database {shown}: {e}")))?;
     let latest = Store::latest_schema();
     Ok(match before {
-        None => format!("created {} at schema version {latest}\n", cfg.database),
-        Some(v) if v == latest => format!(
-            "{} is at schema version {latest}, the latest\n",
-            cfg.database
-        ),
-        Some(v) => format!(
-            "migrated {} from schema version {v} to {latest}\n",
-            cfg.database
-        ),
+        None => format!("created {shown} at schema version {latest}\n"),
+        Some(v) if v == latest => format!("{shown} is at schema version {latest}, the latest\n"),
+        Some(v) => format!("migrated {shown} from schema version {v} to {latest}\n"),
     }
     .into())
+}
+
+/// `authbase copy --from DB [--to DB]`: every row of one database into another (by
+/// default the configured one), e.g. from the SQLite file to PostgreSQL. Stop the
+/// servers first: what they write during the copy would not be in it.
+pub async fn copy(cfg: &Config, from: &str, to: Option<&str>) -> Result<Report, AdminError> {
+    use crate::store::db::{is_postgres, shown};
+    let to = to.unwrap_or(cfg.database_target());
+    if !is_postgres(from) && !std::path::Path::new(from).exists() {
+        return Err(AdminError::Input(format!("{from} does not exist")));
+    }
+    if shown(from) == shown(to) {
+        return Err(AdminError::Input(
+            "--from and --to name the same database".into(),
+        ));
+    }
+    let open = |db: &str| {
+        Store::open(db, Duration::from_secs(5))
+            .map_err(|e| AdminError::Unavailable(format!("database {}: {e}", shown(db))))
+    };
+    let (source, dest) = (open(from)?, open(to)?);
+    let copied = source
+        .copy_into(&dest)
+        .await
+        .map_err(|e| AdminError::Unavailable(format!("copy into {}: {e}", shown(to))))?;
+    let mut out = format!("copied {} into {}:\n", shown(from), shown(to));
+    for (table, n) in copied {
+        out.push_str(&format!("  {table:<17} {n:>9} rows\n"));
+    }
+    out.push_str(
+        "start the servers on the new database, with the same server key file (links, codes and signing keys depend on it)\n",
+    );
+    Ok(out.into())
 }
 
 /// `authbase backup PATH`: an online copy of the database (servers keep running).

@@ -14,7 +14,10 @@ use crate::net::IpNet;
 mod effective;
 mod env;
 
-pub use env::{EnvOverride, SecretFrom, SecretKey, API_TOKEN, ENV_ONLY, SECRETS, SMTP_PASSWORD};
+pub use env::{
+    EnvOverride, SecretFrom, SecretKey, API_TOKEN, DATABASE_PASSWORD, ENV_ONLY, SECRETS,
+    SMTP_PASSWORD,
+};
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,8 @@ pub struct Config {
     pub redirect_url: String,
     pub listen: String,
     pub database: String,
+    /// PostgreSQL: a file holding the password (instead of one in the URL).
+    pub database_password_file: String,
     pub secret_key_file: String,
     pub trusted_proxies: Vec<String>,
     pub allowed_redirect_hosts: Vec<String>,
@@ -149,6 +154,8 @@ pub struct Derived {
     pub listen: Option<SocketAddr>,
     pub trusted_proxies: Vec<IpNet>,
     pub smtp_password: Option<String>,
+    /// `database` with the password of `database_password_file` in it (PostgreSQL).
+    pub database: String,
     pub cookie_domain: Option<String>,
     /// `[access]`, compiled.
     pub access: crate::access::Policy,
@@ -181,6 +188,7 @@ impl fmt::Debug for Derived {
                 "smtp_password",
                 &self.smtp_password.as_ref().map(|_| "(redacted)"),
             )
+            .field("database", &crate::store::db::shown(&self.database))
             .field("cookie_domain", &self.cookie_domain)
             .field("access", &self.access)
             .field("metrics_listen", &self.metrics_listen)
@@ -490,6 +498,7 @@ impl Default for Config {
             redirect_url: "http://localhost:9091/me".into(),
             listen: "127.0.0.1:9091".into(),
             database: "authbase.db".into(),
+            database_password_file: String::new(),
             secret_key_file: "authbase.key".into(),
             trusted_proxies: vec![],
             allowed_redirect_hosts: vec![],
@@ -633,11 +642,37 @@ impl Config {
         Ok(cfg)
     }
 
+    /// What the store opens: `database`, with the password of `database_password_file`
+    /// put into a PostgreSQL URL. Never log it; show `store::db::shown(&cfg.database)`.
+    pub fn database_target(&self) -> &str {
+        if self.derived.database.is_empty() {
+            &self.database
+        } else {
+            &self.derived.database
+        }
+    }
+
     /// Every secret (see [`SECRETS`]): from its environment variable, else from its
     /// `*_file` key. Adding one: a `*_file` key, a [`SecretKey`], a line here.
     fn read_secrets(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
         let file = self.email.smtp_password_file.clone();
         self.derived.smtp_password = self.read_secret(&SMTP_PASSWORD, &file, env)?;
+        let file = self.database_password_file.clone();
+        self.derived.database = self.database.clone();
+        if let Some(pw) = self.read_secret(&DATABASE_PASSWORD, &file, env)? {
+            let key = DATABASE_PASSWORD.file_key;
+            if !crate::store::db::is_postgres(&self.database) {
+                return Err(err(
+                    key,
+                    "is for a PostgreSQL database; `database` names a SQLite file",
+                ));
+            }
+            let mut u = url::Url::parse(&self.database)
+                .map_err(|e| err("database", format!("not a PostgreSQL URL: {e}")))?;
+            u.set_password(Some(&pw))
+                .map_err(|_| err("database", "a PostgreSQL URL needs a user name (postgres://user@host/db) to take a password"))?;
+            self.derived.database = u.to_string();
+        }
         let file = self.api.token_file.clone();
         if let Some(token) = self.read_secret(&API_TOKEN, &file, env)? {
             // 32 characters of hex or base64 carry at least 128 bits.
@@ -689,7 +724,15 @@ impl Config {
             )
         })?);
         if self.database.trim().is_empty() {
-            return Err(err("database", "must name a SQLite file"));
+            return Err(err(
+                "database",
+                "must name a SQLite file or a postgres:// URL",
+            ));
+        }
+        if crate::store::db::is_postgres(&self.database) {
+            if let Err(e) = self.database.parse::<postgres::Config>() {
+                return Err(err("database", format!("not a PostgreSQL URL: {e}")));
+            }
         }
         if self.secret_key_file.trim().is_empty() {
             return Err(err("secret_key_file", "must name a file"));

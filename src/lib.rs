@@ -55,7 +55,7 @@ pub struct StartError(pub String);
 /// Everything `serve` needs that can fail, prepared before the listener is bound.
 pub fn prepare(cfg: Config) -> Result<(Arc<App>, Background), StartError> {
     let cfg = Arc::new(cfg);
-    let store = store::Store::open(&cfg.database, Duration::from_secs(5))
+    let store = store::Store::open(cfg.database_target(), Duration::from_secs(5))
         .map_err(|e| StartError(format!("database {}: {e}", store::db::shown(&cfg.database))))?;
     let key = secrets::ServerKey::load_or_create(&cfg.secret_key_path()).map_err(StartError)?;
     let ring = signing::load_or_create(&store, &key).map_err(StartError)?;

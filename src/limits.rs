@@ -92,15 +92,13 @@ impl Limiter {
     }
 
     fn verdict(&self, s: &Slot, now: Instant) -> Result<(), Limited> {
-        let mut wait = Duration::ZERO;
-        if let Some((n, w)) = self.rate {
-            if now < s.start + w && s.count >= n {
-                wait = s.start + w - now;
-            }
-        }
-        if !self.gap.is_zero() && now < s.last + self.gap {
-            wait = wait.max(s.last + self.gap - now);
-        }
+        let wait = wait_for(
+            self.rate,
+            self.gap,
+            now.saturating_duration_since(s.start),
+            s.count,
+            now.saturating_duration_since(s.last),
+        );
         if wait.is_zero() {
             Ok(())
         } else {
@@ -186,6 +184,107 @@ impl Limiter {
     }
 }
 
+/// How long a hit must wait: for a key whose window started `since_start` ago and holds
+/// `count` hits, the last `since_last` ago. Zero: it may go ahead. The one rule of both
+/// the in-memory limiters and the shared ones.
+fn wait_for(
+    rate: Option<(u32, Duration)>,
+    gap: Duration,
+    since_start: Duration,
+    count: u32,
+    since_last: Duration,
+) -> Duration {
+    let mut wait = Duration::ZERO;
+    if let Some((n, w)) = rate {
+        if since_start < w && count >= n {
+            wait = w - since_start;
+        }
+    }
+    if since_last < gap {
+        wait = wait.max(gap - since_last);
+    }
+    wait
+}
+
+/// A limiter's window for one key as the database keeps it when several servers share
+/// the limits (PostgreSQL): times in Unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredWindow {
+    pub start: i64,
+    pub count: u32,
+    pub last: i64,
+}
+
+/// One hit (or check) against a limiter shared through the database.
+#[derive(Debug, Clone)]
+pub struct SharedHit {
+    pub limit: &'static str,
+    pub key: Vec<u8>,
+    rate: Option<(u32, Duration)>,
+    gap: Duration,
+    /// Count the hit (`false`: only check it).
+    counts: bool,
+}
+
+impl SharedHit {
+    pub(crate) fn new(l: &Limiter, key: &[u8], counts: bool) -> SharedHit {
+        SharedHit {
+            limit: l.name,
+            key: key.to_vec(),
+            rate: l.rate,
+            gap: l.gap,
+            counts,
+        }
+    }
+
+    pub fn off(&self) -> bool {
+        self.rate.is_none() && self.gap.is_zero()
+    }
+
+    /// How long a stored window lasts past its start and last hit, in milliseconds.
+    pub fn keep_ms(&self, w: &StoredWindow) -> i64 {
+        let window = self.rate.map(|(_, w)| w).unwrap_or(Duration::ZERO);
+        (w.start + window.as_millis() as i64).max(w.last + self.gap.as_millis() as i64)
+    }
+
+    /// This hit at `now` against the stored window `w`: the window to store (`None`:
+    /// unchanged), or how long to wait (refused, not counted).
+    pub fn apply(
+        &self,
+        w: Option<StoredWindow>,
+        now: i64,
+    ) -> Result<Option<StoredWindow>, Duration> {
+        let ago = |t: i64| Duration::from_millis(now.saturating_sub(t).max(0) as u64);
+        if let Some(w) = w {
+            let wait = wait_for(self.rate, self.gap, ago(w.start), w.count, ago(w.last));
+            if !wait.is_zero() {
+                return Err(wait);
+            }
+        }
+        if !self.counts {
+            return Ok(None);
+        }
+        let window = self
+            .rate
+            .map(|(_, w)| w)
+            .unwrap_or(Duration::ZERO)
+            .max(self.gap)
+            .max(Duration::from_millis(1));
+        Ok(Some(match w {
+            Some(w) if ago(w.start) < window => StoredWindow {
+                start: w.start,
+                count: w.count + 1,
+                last: now,
+            },
+            _ => StoredWindow {
+                start: now,
+                count: 1,
+                last: now,
+            },
+        }))
+    }
+}
+
 /// The key for an address's mailbox: lower case, without a `+tag`, so `victim+1@`,
 /// `victim+2@` … share one allowance.
 pub fn mailbox_key(email: &str) -> String {
@@ -260,6 +359,30 @@ impl Limits {
     /// `POST /auth`: per IP (every attempt), then per mailbox, then the global ceiling
     /// (looked at before the mailbox is counted, so a full ceiling costs nobody their
     /// per-address allowance).
+    /// The sign-in limits, in memory on one server, or through the database when the
+    /// store is shared by several (PostgreSQL): there a bot spreading its requests over
+    /// the servers meets the same limits as on one.
+    pub async fn sign_in_checked(
+        &self,
+        store: &crate::store::Store,
+        ip: IpAddr,
+        email: &str,
+    ) -> Result<Result<(), Limited>, crate::store::StoreError> {
+        if !store.is_postgres() {
+            return Ok(self.sign_in(ip, email, Instant::now()));
+        }
+        let hits = vec![
+            SharedHit::new(&self.sign_in_ip, &ip_key(ip), true),
+            SharedHit::new(&self.sign_in_global, b"", false),
+            SharedHit::new(&self.sign_in_address, mailbox_key(email).as_bytes(), true),
+            SharedHit::new(&self.sign_in_global, b"", true),
+        ];
+        Ok(store
+            .shared_limits(hits, crate::store::now_ms())
+            .await?
+            .map_err(|(limit, retry_after)| Limited { limit, retry_after }))
+    }
+
     pub fn sign_in(&self, ip: IpAddr, email: &str, now: Instant) -> Result<(), Limited> {
         self.sign_in_ip.hit(&ip_key(ip), now)?;
         self.sign_in_global.check(b"", now)?;
@@ -318,6 +441,68 @@ mod tests {
             assert!(l.hit(&i.to_be_bytes(), t0).is_ok());
         }
         assert!(l.len() <= 1008, "{}", l.len());
+    }
+
+    /// The shared form keeps the in-memory rules: count, refuse (uncounted) with the
+    /// wait, start a new window after it, and a minimum gap.
+    #[test]
+    fn shared_hits_follow_the_same_rules() {
+        let l = Limiter::new("t", rate("3/1m"), Duration::from_secs(2), 100);
+        let hit = SharedHit::new(&l, b"k", true);
+        let mut w = None;
+        for i in 0..3 {
+            w = hit.apply(w, i * 10_000).unwrap().or(w);
+        }
+        assert_eq!(w.map(|w| w.count), Some(3));
+        assert_eq!(hit.apply(w, 30_000), Err(Duration::from_secs(30)));
+        assert_eq!(
+            SharedHit::new(&l, b"k", false).apply(w, 59_000),
+            Err(Duration::from_secs(1))
+        );
+        let fresh = hit.apply(w, 60_000).unwrap().unwrap();
+        assert_eq!((fresh.start, fresh.count), (60_000, 1));
+        assert_eq!(hit.apply(Some(fresh), 61_000), Err(Duration::from_secs(1)));
+        assert_eq!(hit.keep_ms(&fresh), 120_000);
+        let off = Limiter::new("t", rate("off"), Duration::ZERO, 16);
+        assert!(SharedHit::new(&off, b"k", true).off());
+    }
+
+    /// Through a real database (either backend): a refused hit stops the run and says
+    /// which limit; the hits before it stay counted; windows are per name and key.
+    #[tokio::test]
+    async fn shared_limits_in_the_database() {
+        let (_db, s) = crate::store::testing::store();
+        let ip = Limiter::new("per_ip", rate("5/1h"), Duration::ZERO, 16);
+        let addr = Limiter::new("per_address", rate("2/1h"), Duration::ZERO, 16);
+        let run = |key: &'static [u8]| {
+            vec![
+                SharedHit::new(&ip, b"1.2.3.4", true),
+                SharedHit::new(&addr, key, true),
+            ]
+        };
+        let t = 1_000_000;
+        assert_eq!(s.shared_limits(run(b"a"), t).await.unwrap(), Ok(()));
+        assert_eq!(s.shared_limits(run(b"a"), t + 1).await.unwrap(), Ok(()));
+        assert_eq!(
+            s.shared_limits(run(b"a"), t + 2).await.unwrap(),
+            Err(("per_address", Duration::from_millis(3_600_000 - 2)))
+        );
+        // The IP hit before the refusal counted: 3 so far; 2 more, then refused.
+        assert_eq!(s.shared_limits(run(b"b"), t + 3).await.unwrap(), Ok(()));
+        assert_eq!(s.shared_limits(run(b"b"), t + 4).await.unwrap(), Ok(()));
+        assert_eq!(
+            s.shared_limits(run(b"c"), t + 5)
+                .await
+                .unwrap()
+                .unwrap_err()
+                .0,
+            "per_ip"
+        );
+        // A new window an hour later.
+        assert_eq!(
+            s.shared_limits(run(b"a"), t + 3_600_001).await.unwrap(),
+            Ok(())
+        );
     }
 
     #[test]

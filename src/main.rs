@@ -72,6 +72,17 @@ enum Command {
     },
     /// Create the database if needed and migrate it to the latest schema.
     Migrate,
+    /// Copy every row of a database into an empty one (by default the configured one),
+    /// e.g. `--from authbase.db` into PostgreSQL. Stop the servers first.
+    Copy {
+        /// The database to copy: a SQLite file or a postgres:// URL.
+        #[arg(long)]
+        from: String,
+        /// Where to: a new SQLite file or an empty PostgreSQL database (default: the
+        /// configured `database`).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Copy the database to a new file while servers run (SQLite online backup).
     Backup {
         /// The file to write; it must not exist.
@@ -290,6 +301,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Backup { path } => run_admin(admin::backup(&cfg, &path)),
+        Command::Copy { from, to } => run_admin(admin::copy(&cfg, &from, to.as_deref())),
         Command::Sessions { command } => run_admin(sessions(&cfg, command)),
         Command::Keys { command } => run_admin(async {
             match command {

@@ -20,7 +20,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 
 use crate::app::App;
 use crate::secrets::Hash;
-use crate::store::{now, SessionUser, StoreError};
+use crate::store::{now, Revoked, SessionUser, StoreError};
 use crate::web;
 
 /// How long a cached session is trusted before it is read again from the database, at
@@ -320,11 +320,14 @@ pub async fn current_at(
     // says the same (see `Signed::adopt_tokens`).
     let mut stale = None;
     if let Some(e) = cache.get(&hash) {
-        if at < e.stale_at {
-            if e.user.user.expires_at <= t || (idle > 0 && e.last_seen_at + idle <= t) {
-                cache.evict(&hash);
-                return Ok(None);
-            }
+        if e.user.user.expires_at <= t {
+            cache.evict(&hash);
+            return Ok(None);
+        }
+        // Idle by what this server saw: the database decides, since the session may have
+        // been in use on another server meanwhile.
+        let idle_here = idle > 0 && e.last_seen_at + idle <= t;
+        if at < e.stale_at && !idle_here {
             if idle > 0 && t - e.last_seen_at >= touch_every(idle) {
                 cache.set_last_seen(&hash, t);
                 // Off the request path, written in batches.
@@ -332,7 +335,9 @@ pub async fn current_at(
             }
             return Ok(Some(e.user));
         }
-        stale = Some(e.user);
+        if !idle_here {
+            stale = Some(e.user);
+        }
     }
     let epoch = cache.epoch.load(Ordering::Acquire);
     let Some(mut s) = app.store.session(hash, t, idle).await? else {
@@ -444,6 +449,8 @@ pub async fn follow_revocations(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(REVOCATION_POLL) => {}
+            // PostgreSQL: another server wrote a record (or the listener reconnected).
+            _ = app.store.revocation_posted() => {}
         }
         // The file first: open connections would go on reading a file moved away.
         let polled = match app.store.check_file().await {
@@ -463,8 +470,8 @@ pub async fn follow_revocations(
             }
         };
         let mut complete = true;
-        for (seq, user_id, keys) in rows {
-            if keys {
+        for (seq, what) in rows {
+            if what == Revoked::Keys {
                 // Not acknowledged until it worked: `keys rotate` waits for it.
                 if let Err(e) = reload_keys(&app).await {
                     tracing::warn!(error = %e, "could not reload the signing keys; retrying");
@@ -472,7 +479,10 @@ pub async fn follow_revocations(
                     break;
                 }
                 tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
-            } else {
+            } else if let Revoked::Session(hash) = what {
+                // Signed out on another server (or by this one: evicted already).
+                app.sessions.evict(&hash);
+            } else if let Revoked::Sessions(user_id) = what {
                 app.sessions.evict_user(user_id);
                 tracing::info!(user_id, "sessions revoked by another process");
             }
@@ -573,7 +583,7 @@ async fn register(app: &App, id: &str, seen: i64) -> bool {
 
 /// End a session: delete it, then evict it, so no later request can see it.
 pub async fn end(app: &App, hash: Hash) -> Result<bool, StoreError> {
-    let r = app.store.delete_session(hash).await;
+    let r = app.store.delete_session(hash, now()).await;
     app.sessions.evict(&hash);
     r
 }

@@ -21,6 +21,11 @@ impl Config {
             Ok(t) => t,
             Err(e) => return format!("# cannot show the configuration: {e}\n"),
         };
+        // A password written into the URL is shown as `***`.
+        t.insert(
+            "database".into(),
+            Value::String(crate::store::db::shown(&self.database)),
+        );
         for (name, from) in &self.derived.secrets {
             let shown = if from.is_some() { REDACTED } else { NOT_SET };
             put_after_file_key(&mut t, name, Value::String(shown.into()));

@@ -265,8 +265,14 @@ pub const API_TOKEN: SecretKey = SecretKey {
     aliases: &[],
 };
 
+/// The PostgreSQL password (`AUTHBASE_DATABASE_PASSWORD`), put into the `database` URL.
+pub const DATABASE_PASSWORD: SecretKey = SecretKey {
+    file_key: "database_password_file",
+    aliases: &[],
+};
+
 /// Every secret: redacted by `check-config`, value variables known to the env check.
-pub const SECRETS: &[SecretKey] = &[SMTP_PASSWORD, API_TOKEN];
+pub const SECRETS: &[SecretKey] = &[SMTP_PASSWORD, API_TOKEN, DATABASE_PASSWORD];
 
 /// Where a secret's value came from; never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]

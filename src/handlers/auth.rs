@@ -107,7 +107,8 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     if let Err(l) = ctx
         .app
         .limits
-        .sign_in(ctx.client_ip, &email, std::time::Instant::now())
+        .sign_in_checked(&ctx.app.store, ctx.client_ip, &email)
+        .await?
     {
         return super::rate_limited(ctx, l, &email);
     }

@@ -90,11 +90,15 @@ impl Arg<'_> {
     }
 }
 
-/// An owned parameter value, for statements built at run time (filters).
+/// An owned value: a parameter of a statement built at run time (filters), or a column
+/// read as it is (`copy`).
 #[derive(Debug, Clone)]
 pub enum Value {
     Int(i64),
     Text(String),
+    Blob(Vec<u8>),
+    /// Bound as a NULL of text type; give a typed `Arg::Null` where that matters.
+    Null,
 }
 
 /// Something that binds as a parameter. `TY` is its type when it is absent (`None`).
@@ -158,6 +162,8 @@ impl ToArg for Value {
         match self {
             Value::Int(i) => Arg::Int(*i),
             Value::Text(s) => Arg::Text(s),
+            Value::Blob(b) => Arg::Blob(b),
+            Value::Null => Arg::Null(Ty::Text),
         }
     }
 }
@@ -326,7 +332,23 @@ pub enum Row<'a> {
     Pg(&'a postgres::Row),
 }
 
+impl FromCell for Value {
+    fn from_cell(c: Cell<'_>) -> std::result::Result<Self, String> {
+        Ok(match c {
+            Cell::Null => Value::Null,
+            Cell::Int(i) => Value::Int(i),
+            Cell::Text(t) => Value::Text(t.to_string()),
+            Cell::Blob(b) => Value::Blob(b.to_vec()),
+        })
+    }
+}
+
 impl Row<'_> {
+    /// Column `i` as it is.
+    pub fn value(&self, i: usize) -> Result<Value> {
+        self.get(i)
+    }
+
     pub fn get<T: FromCell>(&self, i: usize) -> Result<T> {
         let bad = |e: String| StoreError::Db(format!("column {i}: {e}"));
         match self {
@@ -492,6 +514,74 @@ impl From<postgres::Error> for StoreError {
             return StoreError::Unavailable("the connection to PostgreSQL was lost".into());
         }
         StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    }
+}
+
+/// A PostgreSQL `LISTEN` on a connection and thread of its own, started on first use.
+/// Reconnects after a lost connection (and then wakes its waiters once, since a
+/// notification may have been missed meanwhile).
+pub struct Listener {
+    wake: Arc<tokio::sync::Notify>,
+    started: std::sync::Once,
+    connect: std::sync::Mutex<Option<(PgManager, &'static str)>>,
+}
+
+impl Listener {
+    pub fn new(manager: PgManager, channel: &'static str) -> Arc<Listener> {
+        Arc::new(Listener {
+            wake: Arc::new(tokio::sync::Notify::new()),
+            started: std::sync::Once::new(),
+            connect: std::sync::Mutex::new(Some((manager, channel))),
+        })
+    }
+
+    /// Resolves at the next notification (or reconnection).
+    pub async fn notified(&self) {
+        self.started.call_once(|| {
+            let taken = self.connect.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((manager, channel)) = taken {
+                let wake = self.wake.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("authbase-listen".into())
+                    .spawn(move || listen(manager, channel, wake));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start the PostgreSQL listener; polling only");
+                }
+            }
+        });
+        self.wake.notified().await
+    }
+}
+
+fn listen(manager: PgManager, channel: &str, wake: Arc<tokio::sync::Notify>) {
+    use r2d2::ManageConnection;
+    let mut failing = false;
+    loop {
+        let conn = manager.connect().and_then(|mut c| {
+            c.client
+                .batch_execute(&format!("LISTEN {channel}"))
+                .map(|_| c)
+        });
+        let mut c = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %StoreError::from(e), "cannot LISTEN for revocations; polling only until it works");
+                    failing = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        failing = false;
+        wake.notify_one();
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut notes = c.client.notifications();
+        let mut it = notes.blocking_iter();
+        // Until the connection fails; then reconnect.
+        while let Ok(Some(_)) = it.next() {
+            wake.notify_one();
+        }
     }
 }
 

@@ -138,7 +138,7 @@ mod tests {
             .unwrap();
         assert!(seq > before);
         let rows = s.revocations_since(before).await.unwrap();
-        assert_eq!(rows, vec![(seq, None, true)]);
+        assert_eq!(rows, vec![(seq, crate::store::Revoked::Keys)]);
         let audit = s
             .list_audit(crate::store::AuditFilter {
                 email: None,

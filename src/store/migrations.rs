@@ -175,6 +175,25 @@ const STEPS: &[&str] = &[
     r#"
     ALTER TABLE outbox ADD COLUMN request_hash BLOB;
     "#,
+    // 9: a session ended (signed out) on one server, for the others to evict: kind
+    // 'session' with the token's hash (servers on one PostgreSQL database, or several
+    // processes on one SQLite file).
+    // limit_windows: rate-limit windows shared by the servers of one PostgreSQL database
+    // (see `limits::SharedHit`); the key is a SHA-256 of the limited value (an address's
+    // mailbox, an IP), times in Unix milliseconds.
+    r#"
+    ALTER TABLE revocations ADD COLUMN token_hash BLOB;
+    CREATE TABLE limit_windows (
+        name        TEXT NOT NULL,
+        key         BLOB NOT NULL,
+        start_ms    INTEGER NOT NULL,
+        count       INTEGER NOT NULL,
+        last_ms     INTEGER NOT NULL,
+        expires_ms  INTEGER NOT NULL,
+        PRIMARY KEY (name, key)
+    );
+    CREATE INDEX limit_windows_expires ON limit_windows(expires_ms);
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;

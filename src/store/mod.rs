@@ -4,6 +4,7 @@
 //! runs on tokio's blocking pool (`spawn_blocking`, pool `get()` included) so the async
 //! executor never waits on disk. Only hashes of tokens and link secrets are stored.
 
+mod copy;
 pub mod db;
 mod keys;
 mod migrations;
@@ -17,6 +18,7 @@ mod users;
 #[cfg(test)]
 pub(crate) use users::tests::request as test_sign_in_request;
 
+pub use copy::Copied;
 pub use keys::StoredKey;
 pub use outbox::{
     ApiMailRefusal, Lane, MailFilter, MailOutcome, MailRow, NewApiMail, OutboxItem, Queued,
@@ -65,6 +67,14 @@ impl From<r2d2::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Milliseconds since the Unix epoch (shared rate-limit windows).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch; all stored times use it.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -86,6 +96,19 @@ pub struct Store {
     file: Option<(Arc<Path>, Option<FileId>)>,
     /// A pool of one connection that `revocations_since` reads the log on.
     follower: Pool,
+    /// PostgreSQL: the revocation log's notifications (see `revocation_posted`).
+    listener: Option<Arc<db::Listener>>,
+}
+
+/// What a revocation record asks running servers to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// Evict the cached sessions of this user (`None`: of everyone).
+    Sessions(Option<i64>),
+    /// Evict the session with this token hash (signed out on another server).
+    Session(Hash),
+    /// Reload the signing keys.
+    Keys,
 }
 
 /// A session found by its token hash.
@@ -322,20 +345,24 @@ impl Store {
     /// Open the database `database` names (a SQLite file path, or a `postgres://` URL),
     /// creating a SQLite file if needed, and migrate it.
     pub fn open(database: &str, busy_timeout: Duration) -> Result<Store> {
-        let (pool, follower, file) = if db::is_postgres(database) {
+        let (pool, follower, file, listener) = if db::is_postgres(database) {
             let (pool, follower) = db::blocking(|| -> Result<(Pool, Pool)> {
                 let pool = Pool::Pg(db::PgPool::new(open_postgres(database, busy_timeout, 8)?));
                 migrations::run(&pool.get()?)?;
                 let follower = Pool::Pg(db::PgPool::new(open_postgres(database, busy_timeout, 1)?));
                 Ok((pool, follower))
             })?;
-            (pool, follower, None)
+            let listener = db::Listener::new(
+                db::PgManager::new(database, busy_timeout)?,
+                "authbase_revocations",
+            );
+            (pool, follower, None, Some(listener))
         } else {
             let path = Path::new(database);
             let pool = Pool::Lite(open_sqlite(path, busy_timeout, 8)?);
             let follower = Pool::Lite(open_sqlite(path, busy_timeout, 1)?);
             let id = file_id(path).ok().flatten();
-            (pool, follower, Some((Arc::from(path), id)))
+            (pool, follower, Some((Arc::from(path), id)), None)
         };
         let writer = Arc::new(Mutex::new(()));
         let (sign_ins, jobs) = std::sync::mpsc::channel();
@@ -352,6 +379,7 @@ impl Store {
             sign_ins,
             file,
             follower,
+            listener,
         })
     }
 
@@ -394,9 +422,12 @@ impl Store {
         on(&self.pool, f).await
     }
 
-    /// Like `run`, for work that writes, in one write transaction (committed when `f`
-    /// returns `Ok`). One writer at a time inside this process (see `writer`); on
-    /// PostgreSQL across replicas too (see `db`).
+    /// Like `run`, for work that writes: one writer at a time inside this process (see
+    /// `writer`). Work that reads before it writes, or writes more than one row that
+    /// belong together, opens a transaction (`Db::transaction`), which on PostgreSQL
+    /// also serializes it with the writers of other replicas (see `db`). A lone
+    /// statement does not: on SQLite it takes the write lock only if it changes a row,
+    /// so a no-op does not wait behind a writer elsewhere.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -409,11 +440,7 @@ impl Store {
             // readers need. A panic while holding it leaves nothing half-done in the
             // database (the transaction rolls back), so a poisoned lock is still usable.
             let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
-            let db = pool.get()?;
-            let tx = db.transaction()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
+            f(&pool.get()?)
         })
         .await
         .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
@@ -565,12 +592,20 @@ args![id, at])?;
         .await
     }
 
-    pub async fn delete_session(&self, hash: Hash) -> Result<bool> {
+    /// End a session (sign-out), with a revocation record so that other servers on the
+    /// same database evict it too. False when there was no such session.
+    pub async fn delete_session(&self, hash: Hash, now: i64) -> Result<bool> {
         self.write(move |c| {
-            Ok(c.execute(
+            let tx = c.transaction()?;
+            let ended = tx.execute(
                 "DELETE FROM sessions WHERE token_hash = ?1",
                 args![&hash[..]],
-            )? > 0)
+            )? > 0;
+            if ended {
+                users::record_session_end(&tx, &hash, now)?;
+            }
+            tx.commit()?;
+            Ok(ended)
         })
         .await
     }
@@ -620,21 +655,43 @@ args![id, at])?;
         .await
     }
 
-    /// Revocations after `seq`: `(seq, user_id, keys)`; `user_id` `None` meaning every
-    /// session; `keys` true for a signing-key change (reload the keys, evict nothing).
+    /// Revocations after `seq`, oldest first.
     ///
     /// On a connection of its own, outside the pool: under a flood of `/verify` cache
     /// misses the pool's connections are all busy, and the server must keep following
     /// the log (it stops answering sessions when it cannot; see `session::SYNC_GRACE`).
-    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Option<i64>, bool)>> {
+    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Revoked)>> {
         on(&self.follower, move |c| {
             c.query_map(
-                "SELECT seq, user_id, kind = 'keys' FROM revocations WHERE seq > ?1 ORDER BY seq",
+                "SELECT seq, kind, user_id, token_hash FROM revocations WHERE seq > ?1 ORDER BY seq",
                 args![seq],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    let kind: String = r.get(1)?;
+                    let what = match kind.as_str() {
+                        "keys" => Revoked::Keys,
+                        "session" => {
+                            let h: Vec<u8> = r.get(3)?;
+                            Revoked::Session(h.try_into().map_err(|_| {
+                                StoreError::Db("a revocation with a malformed hash".into())
+                            })?)
+                        }
+                        _ => Revoked::Sessions(r.get(2)?),
+                    };
+                    Ok((r.get(0)?, what))
+                },
             )
         })
         .await
+    }
+
+    /// Resolves when another server may have written to the revocation log: at once on
+    /// PostgreSQL, which notifies listeners (`LISTEN`); never on SQLite, where servers
+    /// poll. Followers poll as well, so this only makes them faster.
+    pub async fn revocation_posted(&self) {
+        match &self.listener {
+            Some(l) => l.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Confirmed, live sessions, newest first, optionally of one address.
@@ -921,6 +978,24 @@ args![now, email], |r| {
         .await
     }
 
+    /// Rate limits shared by the servers of one database: each hit in order, in one
+    /// transaction (so under the write lock on PostgreSQL, one server at a time), up to
+    /// the first refused one, which says its limit and how long to wait. Hits before it
+    /// stay counted, as in memory.
+    pub async fn shared_limits(
+        &self,
+        hits: Vec<crate::limits::SharedHit>,
+        now_ms: i64,
+    ) -> Result<std::result::Result<(), (&'static str, Duration)>> {
+        self.write(move |c| {
+            let c = c.transaction()?;
+            let out = shared_hits(&c, &hits, now_ms)?;
+            c.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// Write audit events, all in one transaction.
     pub async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<()> {
         self.write(move |c| {
@@ -970,6 +1045,10 @@ args![now, email], |r| {
                 args![now - 86400],
             )?;
             n += c.execute("DELETE FROM servers WHERE heartbeat_at <= ?1", args![now - 86400])?;
+            n += c.execute(
+                "DELETE FROM limit_windows WHERE expires_ms <= ?1",
+                args![now.saturating_mul(1000)],
+            )?;
             // Retired signing keys, once their overlap period is over.
             n += c.execute(
                 "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?1",
@@ -979,6 +1058,43 @@ args![now, email], |r| {
         })
         .await
     }
+}
+
+/// The hits of `Store::shared_limits`, in its transaction.
+fn shared_hits(
+    c: &Db,
+    hits: &[crate::limits::SharedHit],
+    now_ms: i64,
+) -> Result<std::result::Result<(), (&'static str, Duration)>> {
+    use crate::limits::StoredWindow;
+    for h in hits.iter().filter(|h| !h.off()) {
+        let key = secrets::hash_bytes(&h.key);
+        let stored = c.query_opt(
+            "SELECT start_ms, count, last_ms FROM limit_windows WHERE name = ?1 AND key = ?2",
+            args![h.limit, &key[..]],
+            |r| {
+                Ok(StoredWindow {
+                    start: r.get(0)?,
+                    count: r.get(1)?,
+                    last: r.get(2)?,
+                })
+            },
+        )?;
+        match h.apply(stored, now_ms) {
+            Err(wait) => return Ok(Err((h.limit, wait))),
+            Ok(None) => {}
+            Ok(Some(w)) => {
+                c.execute(
+                    "INSERT INTO limit_windows (name, key, start_ms, count, last_ms, expires_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT (name, key) DO UPDATE SET start_ms = ?3, count = ?4,
+                                    last_ms = ?5, expires_ms = ?6",
+                    args![h.limit, &key[..], w.start, w.count, w.last, h.keep_ms(&w)],
+                )?;
+            }
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Run `f` on a connection of `pool`, on tokio's blocking pool.

@@ -104,11 +104,35 @@ pub(crate) fn record_revocation_kind(
     now: i64,
     kind: &str,
 ) -> Result<i64> {
-    c.query_row(
+    let seq = c.query_one(
         "INSERT INTO revocations (user_id, at, kind) VALUES (?1, ?2, ?3) RETURNING seq",
         args![user_id, now, kind],
-        |r| r.get(0),
-    )
+    )?;
+    announce_revocation(c)?;
+    Ok(seq)
+}
+
+/// A session ended here (signed out): other servers evict it by its token's hash.
+pub(crate) fn record_session_end(c: &Db, hash: &[u8], now: i64) -> Result<i64> {
+    let seq = c.query_one(
+        "INSERT INTO revocations (at, kind, token_hash) VALUES (?1, 'session', ?2) RETURNING seq",
+        args![now, hash],
+    )?;
+    announce_revocation(c)?;
+    Ok(seq)
+}
+
+/// On PostgreSQL, wake the servers listening (delivered when the transaction commits);
+/// they read the log itself, so a lost notification only delays them to their next poll.
+fn announce_revocation(c: &Db) -> Result<()> {
+    if c.is_postgres() {
+        c.query_map(
+            "SELECT pg_notify('authbase_revocations', '')",
+            args![],
+            |_| Ok(()),
+        )?;
+    }
+    Ok(())
 }
 
 /// An admin change in the audit trail.
@@ -532,6 +556,21 @@ pub(crate) mod tests {
         secrets::hash(&done.token)
     }
 
+    /// A sign-out is in the revocation log with the token's hash (other servers evict
+    /// it); ending a session that is not there writes nothing.
+    #[tokio::test]
+    async fn a_sign_out_is_logged_for_the_other_servers() {
+        let (_db, s) = store();
+        let token = signed_in(&s, "una@example.com").await;
+        let before = s.last_revocation().await.unwrap();
+        assert!(s.delete_session(token, now()).await.unwrap());
+        let rows = s.revocations_since(before).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1, crate::store::Revoked::Session(token));
+        assert!(!s.delete_session(token, now()).await.unwrap());
+        assert_eq!(s.revocations_since(before).await.unwrap().len(), 1);
+    }
+
     #[tokio::test]
     async fn users_who_never_signed_in_are_swept_once_their_requests_are_gone() {
         let (_d, s) = store();
@@ -594,7 +633,7 @@ pub(crate) mod tests {
         assert!(seq > before);
         assert_eq!(
             s.revocations_since(before).await.unwrap(),
-            vec![(seq, Some(c.user_id), false)]
+            vec![(seq, crate::store::Revoked::Sessions(Some(c.user_id)))]
         );
         assert!(s.session(token, now(), 0).await.unwrap().is_none());
         assert!(s.session(pending, now(), 0).await.unwrap().is_none());

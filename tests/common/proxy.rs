@@ -188,6 +188,17 @@ fn which(name: &str, fallback: PathBuf) -> PathBuf {
 }
 
 impl Proxy {
+    /// nginx in front of several authbase servers: its `authbase` upstream holds one
+    /// `server` line for each of `authbase`.
+    pub async fn start_upstreams(kind: Kind, port: u16, authbase: &[&str], app: &str) -> Proxy {
+        assert_eq!(
+            kind,
+            Kind::Nginx,
+            "an upstream of several servers: nginx only"
+        );
+        Proxy::start(kind, port, &authbase.join(";\n        server "), app).await
+    }
+
     /// Start `kind` on `port`, sending the portal to `authbase` and the apps to `app`.
     pub async fn start(kind: Kind, port: u16, authbase: &str, app: &str) -> Proxy {
         use std::os::unix::process::CommandExt;
