@@ -22,10 +22,10 @@ BENCH = os.path.join(ROOT, "benches")
 AUTHBASE = os.path.join(ROOT, "target/release/authbase")
 BASELINE = os.path.join(ROOT, "target/release/examples/baseline")
 QUICK = "--quick" in sys.argv
-# --only=verify,nginx,original,scale,signin runs a subset (verify always runs);
+# --only=verify,nginx,original,postgres,scale,signin runs a subset (verify always runs);
 # --only=steady adds the sustained run (7 minutes; not in the default set).
 ONLY = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")),
-            ["verify", "nginx", "original", "scale", "signin"])
+            ["verify", "nginx", "original", "postgres", "scale", "signin"])
 DURATION = "3s" if QUICK else "10s"
 BIG = 100_000 if QUICK else 1_000_000
 WORKING_SET = 100_000
@@ -155,11 +155,11 @@ def alternate(a, b, rounds=ROUNDS, duration=DURATION):
     return ra, rb, mid([y["rps"] / x["rps"] for x, y in zip(ra, rb)])
 
 
-def authbase(dirpath, port, extra="", pin=True):
+def authbase(dirpath, port, extra="", pin=True, database=None):
     cfg = os.path.join(dirpath, "authbase.toml")
     with open(cfg, "w") as f:
         f.write(f"""listen = "127.0.0.1:{port}"
-database = "{dirpath}/authbase.db"
+database = "{database or dirpath + '/authbase.db'}"
 secret_key_file = "{dirpath}/authbase.key"
 public_url = "https://auth.example.com"
 redirect_url = "https://app.example.com/"
@@ -295,6 +295,8 @@ def main():
         row("CLI `sessions revoke` started -> /verify refuses (ms)", delay, None, None, "<= 1000 ms", delay <= 1000)
         if "nginx" in ONLY:
             bench_nginx(tmp, row, bport, aport, one)
+        if "postgres" in ONLY:
+            bench_postgres(tmp, row, ab, aport, small, hdrs)
         stop(base)
         if "original" in ONLY:
             bench_original(tmp, row, v, one)
@@ -329,6 +331,40 @@ def main():
         print(f"{name:<58} {f(fig, 2 if fig < 10 else 0):>10} {f(base, 2 if (base or 0) < 10 else 0):>10} {f(ratio, 2):>8}  {goal:<20} {res}")
         if note:
             print(f"{'':<4}{note}")
+
+
+def bench_postgres(tmp, row, ab, aport, small, hdrs):
+    """/verify with the store on PostgreSQL against the same on SQLite: the same 1,001
+    sessions (moved with `authbase copy`), the same cached session, alternated rounds. A
+    throwaway cluster on loopback (scripts/test-postgres: fsync off, which a cached
+    /verify never waits for)."""
+    pgdir = tempfile.mkdtemp(prefix="authbase-bench-pg-", dir="/tmp")
+    server = subprocess.run([os.path.join(ROOT, "scripts/test-postgres"), "start", pgdir],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    p = None
+    try:
+        subprocess.run(["psql", "-q", server, "-c", "CREATE DATABASE bench"], check=True)
+        url = server.rsplit("/", 1)[0] + "/bench"
+        d = os.path.join(tmp, "pg")
+        os.makedirs(d)
+        shutil.copy(os.path.join(small, "authbase.key"), d)
+        subprocess.run([AUTHBASE, "copy", "--from", os.path.join(small, "authbase.db"), "--to", url],
+                       check=True, cwd=d, capture_output=True)
+        port = free_port()
+        p = authbase(d, port, database=url)
+        for u in (aport, port):
+            wrk(f"http://127.0.0.1:{u}/verify", headers=hdrs, duration="2s")
+        ls, ps_, ratio = alternate(lambda t: wrk(f"http://127.0.0.1:{aport}/verify", headers=hdrs, duration=t, pid=ab.pid),
+                                   lambda t: wrk(f"http://127.0.0.1:{port}/verify", headers=hdrs, duration=t, pid=p.pid),
+                                   duration="2s" if QUICK else "4s")
+        assert all(x["non2xx"] == 0 for x in ps_), ps_
+        row("/verify with the store on PostgreSQL, cached (req/s)", median(ps_)["rps"], median(ls)["rps"], ratio,
+            ">= 0.90", ratio >= 0.9, "baseline: the same server on SQLite; rounds: "
+            + " ".join(f"{y['rps'] / x['rps']:.2f}" for x, y in zip(ls, ps_)))
+    finally:
+        if p is not None:
+            stop(p)
+        subprocess.run([os.path.join(ROOT, "scripts/test-postgres"), "stop", pgdir], check=False)
 
 
 def revocation_delay(dirpath, port, hdrs):

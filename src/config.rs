@@ -657,22 +657,6 @@ impl Config {
     fn read_secrets(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
         let file = self.email.smtp_password_file.clone();
         self.derived.smtp_password = self.read_secret(&SMTP_PASSWORD, &file, env)?;
-        let file = self.database_password_file.clone();
-        self.derived.database = self.database.clone();
-        if let Some(pw) = self.read_secret(&DATABASE_PASSWORD, &file, env)? {
-            let key = DATABASE_PASSWORD.file_key;
-            if !crate::store::db::is_postgres(&self.database) {
-                return Err(err(
-                    key,
-                    "is for a PostgreSQL database; `database` names a SQLite file",
-                ));
-            }
-            let mut u = url::Url::parse(&self.database)
-                .map_err(|e| err("database", format!("not a PostgreSQL URL: {e}")))?;
-            u.set_password(Some(&pw))
-                .map_err(|_| err("database", "a PostgreSQL URL needs a user name (postgres://user@host/db) to take a password"))?;
-            self.derived.database = u.to_string();
-        }
         let file = self.api.token_file.clone();
         if let Some(token) = self.read_secret(&API_TOKEN, &file, env)? {
             // 32 characters of hex or base64 carry at least 128 bits.
@@ -693,6 +677,22 @@ impl Config {
                 ));
             }
             self.derived.api_token_hash = Some(crate::secrets::hash(&token));
+        }
+        let file = self.database_password_file.clone();
+        self.derived.database = self.database.clone();
+        if let Some(pw) = self.read_secret(&DATABASE_PASSWORD, &file, env)? {
+            let key = DATABASE_PASSWORD.file_key;
+            if !crate::store::db::is_postgres(&self.database) {
+                return Err(err(
+                    key,
+                    "is for a PostgreSQL database; `database` names a SQLite file",
+                ));
+            }
+            let mut u = url::Url::parse(&self.database)
+                .map_err(|e| err("database", format!("not a PostgreSQL URL: {e}")))?;
+            u.set_password(Some(&pw))
+                .map_err(|_| err("database", "a PostgreSQL URL needs a user name (postgres://user@host/db) to take a password"))?;
+            self.derived.database = u.to_string();
         }
         Ok(())
     }

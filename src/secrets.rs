@@ -101,6 +101,16 @@ impl ServerKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = random::<32>();
+                // Written in full under a temporary name, then linked into place, which
+                // fails if the file exists: replicas starting together on a shared
+                // volume agree on one key, and none reads a half-written file.
+                let tmp = path.with_file_name(format!(
+                    ".{}.{}",
+                    path.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default(),
+                    hex(&random::<8>())
+                ));
                 let mut opts = std::fs::OpenOptions::new();
                 opts.write(true).create_new(true);
                 #[cfg(unix)]
@@ -108,13 +118,26 @@ impl ServerKey {
                     use std::os::unix::fs::OpenOptionsExt;
                     opts.mode(0o600);
                 }
-                let mut f = opts
-                    .open(path)
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                writeln!(f, "{}", URL_SAFE_NO_PAD.encode(key))
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                Ok(ServerKey(key))
+                let written = opts
+                    .open(&tmp)
+                    .and_then(|mut f| {
+                        writeln!(f, "{}", URL_SAFE_NO_PAD.encode(key))?;
+                        f.sync_all()
+                    })
+                    .map_err(|e| format!("cannot create {}: {e}", path.display()));
+                let linked = written.and_then(|()| {
+                    std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => String::new(),
+                        _ => format!("cannot create {}: {e}", path.display()),
+                    })
+                });
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(ServerKey(key)),
+                    // Another process made it first: use theirs.
+                    Err(e) if e.is_empty() => ServerKey::load_or_create(path),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
@@ -204,5 +227,21 @@ mod tests {
         assert_eq!(a.0, b.0);
         std::fs::write(&p, "garbage").unwrap();
         assert!(ServerKey::load_or_create(&p).is_err());
+    }
+
+    /// Replicas starting together on a shared volume: every one ends up with the same
+    /// key, none fails or reads a half-written file, no temporary file is left.
+    #[test]
+    fn servers_creating_the_key_at_once_agree_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| ServerKey::load_or_create(&p).unwrap().0))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

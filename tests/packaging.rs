@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binary, cli_in, repo, venv, Authbase};
+use common::{binary, cli_env, cli_in, repo, venv, Authbase};
 use serde_json::Value;
 
 /// A program from the test virtualenv, or a failure saying how to get it.
@@ -221,6 +221,74 @@ fn docker_image_config_matches_the_dockerfile() {
             "docker-compose.{f}.yml mounts its config over the image's"
         );
     }
+}
+
+/// The replicas demo: three authbase services sharing one config, one key volume and
+/// the database password (a Docker secret, by file), PostgreSQL with the same secret,
+/// nginx with the upstream of three; its config passes `check-config`, which shows the
+/// URL without the password.
+#[test]
+fn replicas_compose_is_wired() {
+    let file = repo().join("deploy/docker-compose.replicas.yml");
+    let o = run(Command::new(venv_tool("python"))
+        .arg("-c")
+        .arg("import json, sys, yaml\nprint(json.dumps(yaml.safe_load(open(sys.argv[1]))))")
+        .arg(&file));
+    assert!(o.status.success(), "reading the YAML: {}", text(&o));
+    let c: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let services = c["services"].as_object().unwrap();
+    for name in ["authbase-1", "authbase-2", "authbase-3"] {
+        let a = &services[name];
+        let volumes: Vec<&str> = a["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(volumes.contains(&"./compose/replicas.toml:/etc/authbase/authbase.toml:ro"));
+        assert!(
+            volumes.contains(&"authbase-key:/data"),
+            "{name}: the shared key"
+        );
+        assert_eq!(
+            a["environment"]["AUTHBASE_DATABASE_PASSWORD_FILE"],
+            "/run/secrets/db_password"
+        );
+        assert_eq!(a["secrets"][0], "db_password");
+        assert_eq!(a["depends_on"]["postgres"]["condition"], "service_healthy");
+    }
+    assert_eq!(
+        services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"],
+        "/run/secrets/db_password"
+    );
+    assert!(services["nginx"]["volumes"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("./compose/replicas-nginx.conf:"));
+
+    let toml = read("deploy/compose/replicas.toml");
+    let cfg: toml::Table = toml.parse().unwrap();
+    let db = cfg["database"].as_str().unwrap();
+    assert!(db.starts_with("postgres://authbase@postgres:"), "{db}");
+    assert_eq!(cfg["secret_key_file"].as_str(), Some("/data/authbase.key"));
+    check_config(&toml);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("authbase.toml"), &toml).unwrap();
+    let pw = repo().join("deploy/compose/db_password.txt");
+    let (status, out, err) = cli_env(
+        dir.path(),
+        &["--config", "authbase.toml", "check-config"],
+        &[("AUTHBASE_DATABASE_PASSWORD_FILE", pw.to_str().unwrap())],
+    );
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("database_password = \"(set, redacted)\""),
+        "{out}"
+    );
+    assert!(
+        !out.contains(read("deploy/compose/db_password.txt").trim()),
+        "{out}"
+    );
 }
 
 // ---------------------------------------------------------------- systemd

@@ -453,7 +453,20 @@ fn compose_copies_match_the_tested_configs() {
             body, expected,
             "deploy/{copy} is out of date with deploy/{orig}"
         );
-    }
+    } // The replicas demo: the same nginx config with an upstream of three.
+    let o = std::fs::read_to_string(repo().join("deploy/nginx/nginx.conf")).unwrap();
+    let c = std::fs::read_to_string(repo().join("deploy/compose/replicas-nginx.conf")).unwrap();
+    let body: String = c.lines().skip(2).map(|l| format!("{l}\n")).collect();
+    let expected = o
+        .replace(
+            "        server 127.0.0.1:9091;",
+            "        server authbase-1:9091;\n        server authbase-2:9091;\n        server authbase-3:9091;",
+        )
+        .replace("127.0.0.1:8080", "app:8080");
+    assert_eq!(
+        body, expected,
+        "deploy/compose/replicas-nginx.conf is out of date with deploy/nginx/nginx.conf"
+    );
 }
 
 /// deploy/examples/notify_app.py behind nginx: the signed-in user asks the app for an

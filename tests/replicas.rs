@@ -171,6 +171,50 @@ async fn sign_out_revoke_and_block_on_one_replica_hold_on_all_of_them() {
     );
 }
 
+/// `authbase keys rotate` on the shared database: every replica publishes the new key
+/// by the time the command returns, and signs with it.
+#[tokio::test]
+async fn a_key_rotation_reaches_every_replica() {
+    let r = Replicas::start(|port| test_config(port, "", ""));
+    let kids = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let jwks = |addr: String| async move {
+        send(
+            &addr,
+            Method::GET,
+            "/.well-known/jwks.json",
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .body
+    };
+    let before = kids(&jwks(r.servers[0].addr.clone()).await);
+    assert_eq!(before.len(), 1, "one key, made by the first replica");
+    for s in &r.servers[1..] {
+        assert_eq!(
+            kids(&jwks(s.addr.clone()).await),
+            before,
+            "the others use it too"
+        );
+    }
+    let out = r.servers[2].cli(&["keys", "rotate"]);
+    assert!(out.0.success(), "{out:?}");
+    assert!(out.1.contains("3 running servers applied it"), "{out:?}");
+    for s in &r.servers {
+        let now = kids(&jwks(s.addr.clone()).await);
+        assert_eq!(now.len(), 2, "{}: the new key and the retiring one", s.addr);
+        assert!(now.contains(&before[0]));
+    }
+}
+
 /// 300 API messages, 100 accepted by each replica: every one delivered exactly once,
 /// though all three replicas send from the one outbox.
 #[tokio::test]
@@ -385,4 +429,89 @@ async fn copy_moves_a_sqlite_deployment_to_postgres_with_its_sessions() {
     let (_, mail) = request_link(&mut c, &smtp, "ivy@example.com").await;
     assert_eq!(c.get(&mail.link_path()).await.status, 303);
     assert_eq!(verify(&pg.addr, &c).await, 200);
+}
+
+/// PostgreSQL goes away (a private server, stopped with its data kept) and comes back:
+/// in between, `/readyz` says so and `/verify` fails closed (503, not a cached "signed
+/// in") once the revocation log has been unreadable for a few seconds; after, the same
+/// session works again without restarting authbase.
+#[tokio::test]
+async fn a_postgres_outage_fails_closed_and_authbase_recovers() {
+    let pg = tempfile::Builder::new()
+        .prefix("authbase-outage-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let script = repo().join("scripts/test-postgres");
+    let ctl = |cmd: &str| {
+        let o = std::process::Command::new(&script)
+            .arg(cmd)
+            .arg(pg.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let server = ctl("start");
+    let url = new_postgres_database(&server);
+    let smtp = Smtp::start();
+    let cfg = test_config(smtp.port, "", "").replace(
+        "database = \"authbase.db\"",
+        &format!("database = \"{url}\""),
+    );
+    let ab = Authbase::start(&cfg);
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "oz@example.com").await;
+    assert_eq!(b.get(&mail.link_path()).await.status, 303);
+    assert_eq!(verify(&ab.addr, &b).await, 200);
+
+    ctl("pause");
+    let start = Instant::now();
+    let status = loop {
+        let s = verify(&ab.addr, &b).await;
+        if s != 200 {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "still 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "PostgreSQL stopped: /verify answered {status} after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(status, 503, "fails closed");
+    let ready = send(&ab.addr, Method::GET, "/readyz", &[], Bytes::new()).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let mut other = ab.browser();
+    let r = other
+        .post_form("/auth", &[("email", "pat@example.com")])
+        .await;
+    assert_eq!(r.status, 503, "a sign-in cannot be stored:\n{}", ab.logs());
+
+    ctl("resume");
+    let start = Instant::now();
+    loop {
+        if verify(&ab.addr, &b).await == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never recovered:\n{}",
+            ab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "PostgreSQL back: /verify 200 again after {:?}",
+        start.elapsed()
+    );
+    let ready = send(&ab.addr, Method::GET, "/readyz", &[], Bytes::new()).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let (_, mail) = request_link(&mut other, &smtp, "pat@example.com").await;
+    assert_eq!(other.get(&mail.link_path()).await.status, 303);
+    drop(ab);
+    ctl("stop");
 }

@@ -521,7 +521,8 @@ mod tests {
             c.derived.secrets,
             [
                 ("email.smtp_password", Some(SecretFrom::File(pw.into()))),
-                ("api.token", None)
+                ("api.token", None),
+                ("database_password", None)
             ]
         );
         // The path from the environment, like any key (systemd LoadCredential, Docker
@@ -547,7 +548,11 @@ mod tests {
         assert_eq!(c.derived.smtp_password, None);
         assert_eq!(
             c.derived.secrets,
-            [("email.smtp_password", None), ("api.token", None)]
+            [
+                ("email.smtp_password", None),
+                ("api.token", None),
+                ("database_password", None)
+            ]
         );
     }
 
@@ -576,7 +581,8 @@ mod tests {
                     "email.smtp_password",
                     Some(SecretFrom::Env("AUTHBASE_SMTP_PASSWORD".into()))
                 ),
-                ("api.token", None)
+                ("api.token", None),
+                ("database_password", None)
             ]
         );
         // A value wins even over a file that does not exist.
@@ -589,6 +595,14 @@ mod tests {
         // validate() still sees it: a password needs a user name.
         let e = load("", &[value]).unwrap_err();
         assert_eq!(e.key, "email.smtp_username");
+    }
+
+    /// A file holding `text`, in a folder kept alive by the first value.
+    fn dir_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        std::fs::write(&p, format!("{text}\n")).unwrap();
+        (dir, p)
     }
 
     #[test]
@@ -621,6 +635,10 @@ mod tests {
         assert!(email.remove("smtp_password").is_some());
         let api = t.get_mut("api").and_then(Value::as_table_mut).unwrap();
         assert_eq!(api.remove("token"), Some(Value::String("(not set)".into())));
+        assert_eq!(
+            t.remove("database_password"),
+            Some(Value::String("(not set)".into()))
+        );
         let again = load(&t.to_string(), &[]).unwrap();
         let body = |s: &str| -> Vec<String> {
             s.lines()
@@ -632,6 +650,34 @@ mod tests {
         assert_eq!(body(&again.effective_toml()), body(&out));
         let c = load("", &[]).unwrap();
         assert!(c.effective_toml().contains("smtp_password = \"(not set)\""));
+        // A PostgreSQL password, in the URL or from its file, is never shown.
+        let pw = dir_file("s3cret-pg");
+        let c = load(
+            &format!(
+                "database = \"postgres://ab:inline-pw@db.example/ab\"\ndatabase_password_file = \"{}\"\n",
+                pw.1.display()
+            ),
+            &[],
+        )
+        .unwrap();
+        let out = c.effective_toml();
+        assert!(
+            !out.contains("inline-pw") && !out.contains("s3cret-pg"),
+            "{out}"
+        );
+        assert!(out.contains("postgres://ab:***@db.example/ab"), "{out}");
+        assert!(
+            out.contains("database_password = \"(set, redacted)\""),
+            "{out}"
+        );
+        assert!(
+            c.database_target().contains("s3cret-pg"),
+            "the store gets it"
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret-pg"),
+            "nor does Debug show it"
+        );
         assert!(c
             .effective_toml()
             .contains("# No key is set by an environment variable."));

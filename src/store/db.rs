@@ -473,6 +473,11 @@ impl PgConn {
         }
         let pg_types: Vec<Type> = key.1.iter().map(|t| pg_type(*t)).collect();
         let st = self.client.prepare_typed(&pg_sql(sql), &pg_types)?;
+        // Statements built at run time (filters with any number of ids) could grow this
+        // without end; the store's own fixed statements are about a hundred.
+        if self.prepared.len() >= PREPARED_MAX {
+            self.prepared.clear();
+        }
         self.prepared.insert(key, st.clone());
         Ok(st)
     }
@@ -508,7 +513,14 @@ impl From<postgres::Error> for StoreError {
             {
                 return StoreError::Busy;
             }
-            return StoreError::Db(format!("{} ({})", db.message(), code.code()));
+            let message = format!("{} ({})", db.message(), code.code());
+            // Connection exceptions (08), an administrator's shutdown or a server that
+            // is starting or stopping (57), too many connections (53): the database is
+            // not there for us right now, which is a 503, not a bug.
+            if ["08", "57", "53"].contains(&&code.code()[..2]) {
+                return StoreError::Unavailable(message);
+            }
+            return StoreError::Db(message);
         }
         if e.is_closed() {
             return StoreError::Unavailable("the connection to PostgreSQL was lost".into());
@@ -837,6 +849,9 @@ impl Drop for Tx<'_> {
         self.db.depth.set(self.depth);
     }
 }
+
+/// Statements kept prepared per PostgreSQL connection, at most.
+const PREPARED_MAX: usize = 512;
 
 /// How long a pool waits for a free connection.
 pub const POOL_WAIT: Duration = Duration::from_secs(5);

@@ -60,8 +60,10 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl From<r2d2::Error> for StoreError {
+    /// No connection within the pool's wait: the database cannot be reached (a SQLite
+    /// file gone, PostgreSQL down), or every connection is busy.
     fn from(e: r2d2::Error) -> Self {
-        StoreError::Db(format!("connection pool: {e}"))
+        StoreError::Unavailable(format!("no database connection: {e}"))
     }
 }
 
