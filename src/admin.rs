@@ -54,7 +54,7 @@ impl From<String> for Report {
 pub(crate) fn open(cfg: &Config) -> Result<Store, AdminError> {
     // A typo in `database` must not quietly create an empty database and "succeed".
     if !crate::store::db::is_postgres(&cfg.database)
-        && !std::path::Path::new(&cfg.database).exists()
+        && !std::path::Path::new(&*cfg.database).exists()
     {
         return Err(AdminError::Unavailable(format!(
             "database {} does not exist: check `database` in the config (or start the server once to create it)",

@@ -112,6 +112,44 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// The `database` setting: a SQLite path or a PostgreSQL URL, which may hold a password,
+/// so `Debug` and `Display` show it with the password as `***` (`store::db::shown`).
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Database(String);
+
+impl std::ops::Deref for Database {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Database {
+    fn from(s: &str) -> Database {
+        Database(s.to_string())
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&crate::store::db::shown(self), f)
+    }
+}
+
+impl Database {
+    /// The setting as written, password and all: for the store only.
+    fn to_string_unshown(&self) -> String {
+        self.0.clone()
+    }
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::store::db::shown(self))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -119,7 +157,7 @@ pub struct Config {
     pub public_url: String,
     pub redirect_url: String,
     pub listen: String,
-    pub database: String,
+    pub database: Database,
     /// PostgreSQL: a file holding the password (instead of one in the URL).
     pub database_password_file: String,
     pub secret_key_file: String,
@@ -646,7 +684,7 @@ impl Config {
     /// put into a PostgreSQL URL. Never log it; show `store::db::shown(&cfg.database)`.
     pub fn database_target(&self) -> &str {
         if self.derived.database.is_empty() {
-            &self.database
+            &self.database.0
         } else {
             &self.derived.database
         }
@@ -679,7 +717,7 @@ impl Config {
             self.derived.api_token_hash = Some(crate::secrets::hash(&token));
         }
         let file = self.database_password_file.clone();
-        self.derived.database = self.database.clone();
+        self.derived.database = self.database.to_string_unshown();
         if let Some(pw) = self.read_secret(&DATABASE_PASSWORD, &file, env)? {
             let key = DATABASE_PASSWORD.file_key;
             if !crate::store::db::is_postgres(&self.database) {
@@ -730,7 +768,7 @@ impl Config {
             ));
         }
         if crate::store::db::is_postgres(&self.database) {
-            if let Err(e) = self.database.parse::<postgres::Config>() {
+            if let Err(e) = crate::store::db::check_url(&self.database) {
                 return Err(err("database", format!("not a PostgreSQL URL: {e}")));
             }
         }

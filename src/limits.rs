@@ -215,7 +215,8 @@ pub struct StoredWindow {
     pub last: i64,
 }
 
-/// One hit (or check) against a limiter shared through the database.
+/// One hit (or check) against a limiter shared through the database. `key` is stored as
+/// given: callers pass a keyed digest (`ServerKey::limit_key`), not the address or IP.
 #[derive(Debug, Clone)]
 pub struct SharedHit {
     pub limit: &'static str,
@@ -365,16 +366,21 @@ impl Limits {
     pub async fn sign_in_checked(
         &self,
         store: &crate::store::Store,
+        key: &crate::secrets::ServerKey,
         ip: IpAddr,
         email: &str,
     ) -> Result<Result<(), Limited>, crate::store::StoreError> {
         if !store.is_postgres() {
             return Ok(self.sign_in(ip, email, Instant::now()));
         }
+        let (ip, mailbox) = (
+            key.limit_key(&ip_key(ip)),
+            key.limit_key(mailbox_key(email).as_bytes()),
+        );
         let hits = vec![
-            SharedHit::new(&self.sign_in_ip, &ip_key(ip), true),
+            SharedHit::new(&self.sign_in_ip, &ip, true),
             SharedHit::new(&self.sign_in_global, b"", false),
-            SharedHit::new(&self.sign_in_address, mailbox_key(email).as_bytes(), true),
+            SharedHit::new(&self.sign_in_address, &mailbox, true),
             SharedHit::new(&self.sign_in_global, b"", true),
         ];
         Ok(store

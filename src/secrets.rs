@@ -148,6 +148,12 @@ impl ServerKey {
         ServerKey(b)
     }
 
+    /// What a rate limit shared through the database is counted under for `value` (an
+    /// address's mailbox, an IP): keyed, so the table gives no address or IP away.
+    pub fn limit_key(&self, value: &[u8]) -> [u8; 32] {
+        self.mac(b"rate limit", value)
+    }
+
     fn mac(&self, purpose: &[u8], salt: &[u8]) -> [u8; 32] {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
         m.update(purpose);

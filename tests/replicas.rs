@@ -265,7 +265,8 @@ async fn api_mail_spread_over_replicas_is_delivered_once_each() {
     assert_eq!(mails.len(), 300, "each message once");
     assert_eq!(seen.len(), 300);
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
-    // Each replica sent some: the outbox is shared, not split by who accepted it.
+    // How the sending was shared (printed; the outbox is one queue, so which replica
+    // sends a message does not depend on which accepted it): together, exactly 300.
     let sent_by: Vec<usize> = r
         .servers
         .iter()
@@ -514,4 +515,76 @@ async fn a_postgres_outage_fails_closed_and_authbase_recovers() {
     assert_eq!(other.get(&mail.link_path()).await.status, 303);
     drop(ab);
     ctl("stop");
+}
+
+/// TLS to PostgreSQL (a private server whose certificate for 127.0.0.1 a throwaway CA
+/// signed): with that CA as `sslrootcert` authbase connects over TLS and works; without
+/// it, it refuses the server it cannot verify, with `sslmode=require` and with the
+/// default `prefer` alike, and says why.
+#[tokio::test]
+async fn tls_to_postgres_verifies_the_server_certificate() {
+    let pg = tempfile::Builder::new()
+        .prefix("authbase-tls-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let script = repo().join("scripts/test-postgres");
+    let ctl = |args: &[&str]| {
+        let o = std::process::Command::new(&script)
+            .arg(args[0])
+            .arg(pg.path())
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let server = ctl(&["start", "ssl"]);
+    let url = new_postgres_database(&server);
+    let ca = pg.path().join("ca.crt");
+    let smtp = Smtp::start();
+    let with = |query: &str| {
+        test_config(smtp.port, "", "").replace(
+            "database = \"authbase.db\"",
+            &format!("database = \"{url}{query}\""),
+        )
+    };
+    for query in ["?sslmode=require", ""] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("authbase.toml"), with(query)).unwrap();
+        let out = cli_in(dir.path(), &["migrate"]);
+        assert!(
+            !out.0.success(),
+            "{query:?}: an unverifiable server is refused: {out:?}"
+        );
+        assert!(
+            out.2.to_lowercase().contains("certificate"),
+            "{query:?}: {out:?}"
+        );
+    }
+    let ab = Authbase::start(&with(&format!(
+        "?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    )));
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "tls@example.com").await;
+    assert_eq!(b.get(&mail.link_path()).await.status, 303);
+    assert_eq!(verify(&ab.addr, &b).await, 200);
+    let name = url.rsplit('/').next().unwrap();
+    let tls = postgres_sql(
+        &url,
+        &format!(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a
+           JOIN pg_stat_ssl s ON s.pid = a.pid
+          WHERE a.datname = '{name}' AND a.pid <> pg_backend_pid()"
+        ),
+    );
+    let (all, encrypted) = (tls[0][0].int(), tls[0][1].int());
+    assert!(all >= 2, "authbase's connections are there: {all}");
+    assert_eq!(all, encrypted, "every one of them over TLS");
+    drop(ab);
+    ctl(&["stop"]);
 }

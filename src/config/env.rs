@@ -675,7 +675,7 @@ mod tests {
             "the store gets it"
         );
         assert!(
-            !format!("{c:?}").contains("s3cret-pg"),
+            !format!("{c:?}").contains("s3cret-pg") && !format!("{c:?}").contains("inline-pw"),
             "nor does Debug show it"
         );
         assert!(c

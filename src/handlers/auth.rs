@@ -107,7 +107,7 @@ pub async fn start(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     if let Err(l) = ctx
         .app
         .limits
-        .sign_in_checked(&ctx.app.store, ctx.client_ip, &email)
+        .sign_in_checked(&ctx.app.store, &ctx.app.key, ctx.client_ip, &email)
         .await?
     {
         return super::rate_limited(ctx, l, &email);

@@ -404,6 +404,8 @@ impl Row<'_> {
 pub struct PgConn {
     client: postgres::Client,
     prepared: HashMap<(String, Vec<Ty>), postgres::Statement>,
+    /// Between BEGIN and a successful COMMIT or ROLLBACK.
+    in_tx: bool,
 }
 
 /// How the pool opens PostgreSQL connections: TLS by rustls when the URL asks for it
@@ -418,11 +420,47 @@ pub struct PgManager {
 
 impl PgManager {
     pub fn new(url: &str, lock_timeout: Duration) -> Result<PgManager> {
-        let config: postgres::Config = url
+        let (url, root_file) = libpq_tls(url)?;
+        let mut config: postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Db(format!("database URL: {e}")))?;
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        // A server or network that goes silent must end in an error, not a call that
+        // never returns (the revocation follower would wait on it for ever): bounds
+        // unless the URL sets its own.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(15));
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(15));
+        }
+        let roots = match root_file {
+            Some(path) => {
+                use rustls_pki_types::pem::PemObject;
+                let pem = std::fs::read(&path).map_err(|e| {
+                    StoreError::Db(format!("database URL: sslrootcert {path}: {e}"))
+                })?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| {
+                        StoreError::Db(format!("database URL: sslrootcert {path}: {e}"))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        StoreError::Db(format!("database URL: sslrootcert {path}: {e}"))
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(StoreError::Db(format!(
+                        "database URL: sslrootcert {path} holds no certificate"
+                    )));
+                }
+                roots
+            }
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
         };
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -439,28 +477,99 @@ impl PgManager {
     }
 }
 
+/// Does `url` parse as a PostgreSQL URL (with the libpq TLS parameters below)?
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    let (url, _) = libpq_tls(url).map_err(|e| e.to_string())?;
+    url.parse::<postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The URL's TLS parameters as libpq writes them, for rust-postgres, which knows only
+/// `sslmode=disable|prefer|require`: `sslrootcert=FILE` (PEM certificates to trust
+/// instead of the Mozilla roots) is taken out and returned; `sslmode=verify-ca` and
+/// `verify-full` become `require`. The server's certificate is always verified, its
+/// name included, whatever the mode (libpq's `require` alone would not verify it).
+fn libpq_tls(url: &str) -> Result<(String, Option<String>)> {
+    if !url.contains("sslrootcert=") && !url.contains("sslmode=verify-") {
+        return Ok((url.to_string(), None));
+    }
+    let mut u = url::Url::parse(url).map_err(|e| StoreError::Db(format!("database URL: {e}")))?;
+    let mut root = None;
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .filter_map(|(k, v)| match (&*k, &*v) {
+            ("sslrootcert", _) => {
+                root = Some(v.into_owned());
+                None
+            }
+            ("sslmode", "verify-ca" | "verify-full") => Some((k.into_owned(), "require".into())),
+            _ => Some((k.into_owned(), v.into_owned())),
+        })
+        .collect();
+    u.set_query(None);
+    if !pairs.is_empty() {
+        u.query_pairs_mut().extend_pairs(pairs);
+    }
+    Ok((u.to_string(), root))
+}
+
+/// A failed connection attempt, with its causes (e.g. "error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer"): what the pool reports and logs.
+#[derive(Debug)]
+pub struct ConnectError(String);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl From<postgres::Error> for ConnectError {
+    fn from(e: postgres::Error) -> ConnectError {
+        let mut text = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text = format!("{text}: {more}");
+            }
+            cause = c.source();
+        }
+        ConnectError(text)
+    }
+}
+
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConn;
-    type Error = postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> std::result::Result<PgConn, postgres::Error> {
+    fn connect(&self) -> std::result::Result<PgConn, ConnectError> {
         let mut client = self.config.connect(self.tls.clone())?;
         client.batch_execute(&format!(
-            "SET lock_timeout = {}",
-            self.lock_timeout.as_millis()
+            "SET lock_timeout = {}; SET statement_timeout = {}",
+            self.lock_timeout.as_millis(),
+            STATEMENT_TIMEOUT.as_millis()
         ))?;
         Ok(PgConn {
             client,
             prepared: HashMap::new(),
+            in_tx: false,
         })
     }
 
-    fn is_valid(&self, c: &mut PgConn) -> std::result::Result<(), postgres::Error> {
-        c.client.batch_execute("")
+    fn is_valid(&self, c: &mut PgConn) -> std::result::Result<(), ConnectError> {
+        Ok(c.client.batch_execute("")?)
     }
 
+    /// Closed, or still inside a transaction (its rollback failed): not handed out again.
     fn has_broken(&self, c: &mut PgConn) -> bool {
-        c.client.is_closed()
+        c.client.is_closed() || c.in_tx
     }
 }
 
@@ -525,7 +634,13 @@ impl From<postgres::Error> for StoreError {
         if e.is_closed() {
             return StoreError::Unavailable("the connection to PostgreSQL was lost".into());
         }
-        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+        // Connecting or talking to the server failed (refused, timed out, reset).
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if io || e.to_string().contains("timeout") {
+            return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+        }
+        // Anything else (a value that does not convert, a malformed statement) is ours.
+        StoreError::Db(format!("PostgreSQL: {e}"))
     }
 }
 
@@ -570,15 +685,14 @@ fn listen(manager: PgManager, channel: &str, wake: Arc<tokio::sync::Notify>) {
     let mut failing = false;
     loop {
         let conn = manager.connect().and_then(|mut c| {
-            c.client
-                .batch_execute(&format!("LISTEN {channel}"))
-                .map(|_| c)
+            c.client.batch_execute(&format!("LISTEN {channel}"))?;
+            Ok(c)
         });
         let mut c = match conn {
             Ok(c) => c,
             Err(e) => {
                 if !failing {
-                    tracing::warn!(error = %StoreError::from(e), "cannot LISTEN for revocations; polling only until it works");
+                    tracing::warn!(error = %e, "cannot LISTEN for revocations; polling only until it works");
                     failing = true;
                 }
                 std::thread::sleep(Duration::from_secs(1));
@@ -590,10 +704,11 @@ fn listen(manager: PgManager, channel: &str, wake: Arc<tokio::sync::Notify>) {
         use postgres::fallible_iterator::FallibleIterator;
         let mut notes = c.client.notifications();
         let mut it = notes.blocking_iter();
-        // Until the connection fails; then reconnect.
+        // Until the connection fails; then reconnect, after a pause.
         while let Ok(Some(_)) = it.next() {
             wake.notify_one();
         }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -781,9 +896,12 @@ impl Db {
             (Conn::Pg(_), _) => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
         };
         if depth == 0 {
+            self.set_in_tx(true);
             if let Err(e) = self.execute_batch(&begin) {
                 // PostgreSQL: BEGIN went through and the lock did not.
-                let _ = self.execute_batch("ROLLBACK");
+                if self.execute_batch("ROLLBACK").is_ok() {
+                    self.set_in_tx(false);
+                }
                 return Err(e);
             }
         } else {
@@ -795,6 +913,15 @@ impl Db {
             depth,
             done: false,
         })
+    }
+}
+
+impl Db {
+    /// PostgreSQL: mark the connection as inside a transaction (see `has_broken`).
+    fn set_in_tx(&self, on: bool) {
+        if let Conn::Pg(c) = &self.conn {
+            c.borrow_mut().in_tx = on;
+        }
     }
 }
 
@@ -819,8 +946,11 @@ impl Tx<'_> {
         };
         let r = self.db.execute_batch(&sql);
         self.db.depth.set(self.depth);
-        if r.is_err() && self.depth == 0 {
-            let _ = self.db.execute_batch("ROLLBACK");
+        if self.depth == 0 {
+            let ended = r.is_ok() || self.db.execute_batch("ROLLBACK").is_ok();
+            if ended {
+                self.db.set_in_tx(false);
+            }
         }
         r
     }
@@ -845,10 +975,15 @@ impl Drop for Tx<'_> {
         };
         // A failed rollback leaves a broken connection; PostgreSQL's is then dropped by
         // the pool (`has_broken`), SQLite's rolls back when it is next used or closed.
-        let _ = self.db.execute_batch(&sql);
+        if self.db.execute_batch(&sql).is_ok() && self.depth == 0 {
+            self.db.set_in_tx(false);
+        }
         self.db.depth.set(self.depth);
     }
 }
+
+/// The longest a PostgreSQL statement may run.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Statements kept prepared per PostgreSQL connection, at most.
 const PREPARED_MAX: usize = 512;
@@ -859,6 +994,25 @@ pub const POOL_WAIT: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libpq_tls_parameters_are_translated() {
+        let (u, root) =
+            libpq_tls("postgres://a:p@db:5432/x?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=ab")
+                .unwrap();
+        assert_eq!(
+            u,
+            "postgres://a:p@db:5432/x?sslmode=require&application_name=ab"
+        );
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+        let plain = "postgres://a@db/x?sslmode=require";
+        assert_eq!(libpq_tls(plain).unwrap(), (plain.to_string(), None));
+        assert!(PgManager::new(
+            "postgres://a@db/x?sslrootcert=/nonexistent/ca.pem",
+            Duration::from_secs(1)
+        )
+        .is_err_and(|e| e.to_string().contains("sslrootcert /nonexistent/ca.pem")));
+    }
 
     #[test]
     fn parameters_are_numbered_for_postgres() {

@@ -179,8 +179,8 @@ const STEPS: &[&str] = &[
     // 'session' with the token's hash (servers on one PostgreSQL database, or several
     // processes on one SQLite file).
     // limit_windows: rate-limit windows shared by the servers of one PostgreSQL database
-    // (see `limits::SharedHit`); the key is a SHA-256 of the limited value (an address's
-    // mailbox, an IP), times in Unix milliseconds.
+    // (see `limits::SharedHit`); the key is an HMAC, under the server key, of the limited
+    // value (an address's mailbox, an IP), times in Unix milliseconds.
     r#"
     ALTER TABLE revocations ADD COLUMN token_hash BLOB;
     CREATE TABLE limit_windows (
@@ -228,7 +228,10 @@ fn too_new(current: i64) -> Result<()> {
 /// Migrate a PostgreSQL database. Each step in a write transaction, which holds the
 /// write lock, so replicas starting together migrate once.
 pub fn run(db: &Db) -> Result<i64> {
-    db.execute_batch("CREATE TABLE IF NOT EXISTS authbase_schema (version BIGINT NOT NULL)")?;
+    // Under the write lock too: replicas starting together would race to create it.
+    let tx = db.transaction()?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS authbase_schema (version BIGINT NOT NULL)")?;
+    tx.commit()?;
     for (i, sql) in STEPS.iter().enumerate() {
         let tx = db.transaction()?;
         let v = version(&tx)?;

@@ -100,6 +100,9 @@ pub struct Store {
     follower: Pool,
     /// PostgreSQL: the revocation log's notifications (see `revocation_posted`).
     listener: Option<Arc<db::Listener>>,
+    /// How long a write waits for its turn in this process, and then again for the
+    /// database's write lock, before it fails as busy.
+    busy_timeout: Duration,
 }
 
 /// What a revocation record asks running servers to do.
@@ -372,7 +375,7 @@ impl Store {
             let (pool, writer) = (pool.clone(), writer.clone());
             std::thread::Builder::new()
                 .name("authbase-sign-in-writer".into())
-                .spawn(move || sign_in_writer(pool, writer, jobs))
+                .spawn(move || sign_in_writer(pool, writer, busy_timeout, jobs))
                 .map_err(|e| StoreError::Db(format!("cannot start the sign-in writer: {e}")))?;
         }
         Ok(Store {
@@ -382,6 +385,7 @@ impl Store {
             file,
             follower,
             listener,
+            busy_timeout,
         })
     }
 
@@ -436,12 +440,12 @@ impl Store {
         F: FnOnce(&Db) -> Result<T> + Send + 'static,
     {
         let pool = self.pool.clone();
-        let writer = self.writer.clone();
+        let (writer, busy_timeout) = (self.writer.clone(), self.busy_timeout);
         tokio::task::spawn_blocking(move || {
             // Taken before a connection, so waiting writers do not hold connections that
             // readers need. A panic while holding it leaves nothing half-done in the
             // database (the transaction rolls back), so a poisoned lock is still usable.
-            let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = lock_writer(&writer, busy_timeout)?;
             f(&pool.get()?)
         })
         .await
@@ -980,7 +984,8 @@ args![now, email], |r| {
         .await
     }
 
-    /// Rate limits shared by the servers of one database: each hit in order, in one
+    /// Rate limits shared by the servers of one database (keys as given, see
+    /// `limits::SharedHit`): each hit in order, in one
     /// transaction (so under the write lock on PostgreSQL, one server at a time), up to
     /// the first refused one, which says its limit and how long to wait. Hits before it
     /// stay counted, as in memory.
@@ -1015,6 +1020,10 @@ args![now, email], |r| {
     /// (0: keep them). Returns the number of rows removed.
     pub async fn sweep(&self, now: i64, audit_retention: i64) -> Result<usize> {
         self.write(move |c| {
+            // One transaction (on PostgreSQL under the write lock): the user deletion
+            // must not race a sign-in of that user on another replica.
+            let tx = c.transaction()?;
+            let c = &*tx;
             let mut n = c.execute("DELETE FROM sessions WHERE expires_at <= ?1", args![now])?;
             // Users who never signed in (refused or abandoned sign-ins), once their
             // requests are gone; not invited, blocked or grouped ones.
@@ -1056,6 +1065,7 @@ args![now, email], |r| {
                 "DELETE FROM signing_keys WHERE retire_at IS NOT NULL AND retire_at <= ?1",
                 args![now],
             )?;
+            tx.commit()?;
             Ok(n)
         })
         .await
@@ -1070,7 +1080,7 @@ fn shared_hits(
 ) -> Result<std::result::Result<(), (&'static str, Duration)>> {
     use crate::limits::StoredWindow;
     for h in hits.iter().filter(|h| !h.off()) {
-        let key = secrets::hash_bytes(&h.key);
+        let key = &h.key;
         let stored = c.query_opt(
             "SELECT start_ms, count, last_ms FROM limit_windows WHERE name = ?1 AND key = ?2",
             args![h.limit, &key[..]],
@@ -1099,6 +1109,24 @@ fn shared_hits(
     Ok(Ok(()))
 }
 
+/// This process's writer lock, waited for at most `timeout` (then `Busy`): a request's
+/// write must not queue without bound behind background writers that are themselves
+/// waiting out a lock held elsewhere. A panic while holding it leaves nothing half-done
+/// in the database (the transaction rolls back), so a poisoned lock is still usable.
+fn lock_writer(writer: &Mutex<()>, timeout: Duration) -> Result<std::sync::MutexGuard<'_, ()>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match writer.try_lock() {
+            Ok(g) => return Ok(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return Err(StoreError::Busy),
+        }
+    }
+}
+
 /// Run `f` on a connection of `pool`, on tokio's blocking pool.
 async fn on<T, F>(pool: &Pool, f: F) -> Result<T>
 where
@@ -1115,7 +1143,12 @@ type SignInResult = Result<std::result::Result<Started, NotStarted>>;
 type SignInJob = (NewSignIn, tokio::sync::oneshot::Sender<SignInResult>);
 
 /// The group-commit loop behind `start_sign_in`. Ends when every `Store` is dropped.
-fn sign_in_writer(pool: Pool, writer: Arc<Mutex<()>>, jobs: std::sync::mpsc::Receiver<SignInJob>) {
+fn sign_in_writer(
+    pool: Pool,
+    writer: Arc<Mutex<()>>,
+    busy_timeout: Duration,
+    jobs: std::sync::mpsc::Receiver<SignInJob>,
+) {
     const BATCH: usize = 64;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -1125,8 +1158,8 @@ fn sign_in_writer(pool: Pool, writer: Arc<Mutex<()>>, jobs: std::sync::mpsc::Rec
                 Err(_) => break,
             }
         }
-        let _guard = writer.lock().unwrap_or_else(|e| e.into_inner());
         let results = (|| -> Result<Vec<SignInResult>> {
+            let _guard = lock_writer(&writer, busy_timeout)?;
             let conn = pool.get()?;
             let tx = conn.transaction()?;
             let mut out = Vec::with_capacity(batch.len());

@@ -506,7 +506,11 @@ impl Store {
                 "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE {clause}
                    AND o.claimed_by IS NULL)"
             );
-            c.execute(&sql, &bind(&args))
+            // Under the write lock: not while another replica claims what it deletes.
+            let tx = c.transaction()?;
+            let n = tx.execute(&sql, &bind(&args))?;
+            tx.commit()?;
+            Ok(n)
         })
         .await
     }

@@ -583,9 +583,9 @@ impl SqlValue {
     }
 }
 
-/// Run SQL on a PostgreSQL database, on a thread of its own (the blocking client must
-/// not run on an async test's runtime).
-fn postgres_sql(url: &str, sql: &str) -> Vec<Vec<SqlValue>> {
+/// Run SQL on a PostgreSQL database (without TLS), on a thread of its own (the blocking
+/// client must not run on an async test's runtime).
+pub fn postgres_sql(url: &str, sql: &str) -> Vec<Vec<SqlValue>> {
     let (url, sql) = (url.to_string(), sql.to_string());
     std::thread::spawn(move || {
         use postgres::types::Type;
