@@ -402,6 +402,21 @@ async fn copy_moves_a_sqlite_deployment_to_postgres_with_its_sessions() {
 
     let url = new_postgres_database(&postgres_server());
     let dir = std::mem::replace(&mut ab.dir, tempfile::tempdir().unwrap());
+    let on_pg = cfg.replace(
+        "database = \"authbase.db\"",
+        &format!("database = \"{url}\""),
+    );
+    // `authbase migrate` on PostgreSQL, as a deployment step would run it: creates the
+    // schema, then finds it current.
+    let mig = tempfile::tempdir().unwrap();
+    std::fs::write(mig.path().join("authbase.toml"), &on_pg).unwrap();
+    let out = cli_in(mig.path(), &["migrate"]);
+    assert!(
+        out.0.success() && out.1.contains("created postgres://"),
+        "{out:?}"
+    );
+    let out = cli_in(mig.path(), &["migrate"]);
+    assert!(out.1.contains("the latest"), "{out:?}");
     let out = cli_in(dir.path(), &["copy", "--from", "authbase.db", "--to", &url]);
     assert!(out.0.success(), "{out:?}");
     assert!(out.1.contains("users"), "{out:?}");
@@ -410,10 +425,6 @@ async fn copy_moves_a_sqlite_deployment_to_postgres_with_its_sessions() {
     assert!(!again.0.success(), "{again:?}");
     assert!(again.2.contains("not empty"), "{again:?}");
 
-    let on_pg = cfg.replace(
-        "database = \"authbase.db\"",
-        &format!("database = \"{url}\""),
-    );
     let pg = Authbase::start_in(dir, &on_pg);
     assert_eq!(
         pg.sql("SELECT COUNT(*) FROM users")[0][0].int(),
