@@ -137,13 +137,6 @@ impl fmt::Debug for Database {
     }
 }
 
-impl Database {
-    /// The setting as written, password and all: for the store only.
-    fn to_string_unshown(&self) -> String {
-        self.0.clone()
-    }
-}
-
 impl fmt::Display for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&crate::store::db::shown(self))
@@ -192,8 +185,8 @@ pub struct Derived {
     pub listen: Option<SocketAddr>,
     pub trusted_proxies: Vec<IpNet>,
     pub smtp_password: Option<String>,
-    /// `database` with the password of `database_password_file` in it (PostgreSQL).
-    pub database: String,
+    /// `database` with the password of `database_password_file` put in (PostgreSQL).
+    pub database: Option<String>,
     pub cookie_domain: Option<String>,
     /// `[access]`, compiled.
     pub access: crate::access::Policy,
@@ -226,7 +219,10 @@ impl fmt::Debug for Derived {
                 "smtp_password",
                 &self.smtp_password.as_ref().map(|_| "(redacted)"),
             )
-            .field("database", &crate::store::db::shown(&self.database))
+            .field(
+                "database",
+                &self.database.as_deref().map(crate::store::db::shown),
+            )
             .field("cookie_domain", &self.cookie_domain)
             .field("access", &self.access)
             .field("metrics_listen", &self.metrics_listen)
@@ -683,11 +679,7 @@ impl Config {
     /// What the store opens: `database`, with the password of `database_password_file`
     /// put into a PostgreSQL URL. Never log it; show `store::db::shown(&cfg.database)`.
     pub fn database_target(&self) -> &str {
-        if self.derived.database.is_empty() {
-            &self.database.0
-        } else {
-            &self.derived.database
-        }
+        self.derived.database.as_deref().unwrap_or(&self.database.0)
     }
 
     /// Every secret (see [`SECRETS`]): from its environment variable, else from its
@@ -717,7 +709,6 @@ impl Config {
             self.derived.api_token_hash = Some(crate::secrets::hash(&token));
         }
         let file = self.database_password_file.clone();
-        self.derived.database = self.database.to_string_unshown();
         if let Some(pw) = self.read_secret(&DATABASE_PASSWORD, &file, env)? {
             let key = DATABASE_PASSWORD.file_key;
             if !crate::store::db::is_postgres(&self.database) {
@@ -730,7 +721,7 @@ impl Config {
                 .map_err(|e| err("database", format!("not a PostgreSQL URL: {e}")))?;
             u.set_password(Some(&pw))
                 .map_err(|_| err("database", "a PostgreSQL URL needs a user name (postgres://user@host/db) to take a password"))?;
-            self.derived.database = u.to_string();
+            self.derived.database = Some(u.to_string());
         }
         Ok(())
     }

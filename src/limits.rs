@@ -360,9 +360,9 @@ impl Limits {
     /// `POST /auth`: per IP (every attempt), then per mailbox, then the global ceiling
     /// (looked at before the mailbox is counted, so a full ceiling costs nobody their
     /// per-address allowance).
-    /// The sign-in limits, in memory on one server, or through the database when the
-    /// store is shared by several (PostgreSQL): there a bot spreading its requests over
-    /// the servers meets the same limits as on one.
+    /// The limits of one `POST /auth`: in memory on SQLite (one server), through the
+    /// database on PostgreSQL, which several replicas share: there a bot spreading its
+    /// requests over them meets the same limits as on one (see `sign_in`).
     pub async fn sign_in_checked(
         &self,
         store: &crate::store::Store,
@@ -389,6 +389,8 @@ impl Limits {
             .map_err(|(limit, retry_after)| Limited { limit, retry_after }))
     }
 
+    /// The limits of one `POST /auth`, in memory: per IP, the global ceiling (checked),
+    /// per address, then the global ceiling counted.
     pub fn sign_in(&self, ip: IpAddr, email: &str, now: Instant) -> Result<(), Limited> {
         self.sign_in_ip.hit(&ip_key(ip), now)?;
         self.sign_in_global.check(b"", now)?;

@@ -439,8 +439,11 @@ pub async fn follow_revocations(
             n
         }
     };
-    // The newest record this server has told the store it applied.
+    // The newest record this server has told the store it applied, and the newest it
+    // applied that a command may be waiting on (a sign-out's record waits for no one:
+    // it is acknowledged with the next heartbeat, not with a write of its own).
     let mut acked = seen;
+    let mut awaited = seen;
     let mut reported = Instant::now();
     // Logged once when the database becomes unavailable, once when it is back.
     let mut down = false;
@@ -479,12 +482,14 @@ pub async fn follow_revocations(
                     break;
                 }
                 tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
+                awaited = seq;
             } else if let Revoked::Session(hash) = what {
                 // Signed out on another server (or by this one: evicted already).
                 app.sessions.evict(&hash);
             } else if let Revoked::Sessions(user_id) = what {
                 app.sessions.evict_user(user_id);
                 tracing::info!(user_id, "sessions revoked by another process");
+                awaited = seq;
             }
             seen = seq;
         }
@@ -511,7 +516,7 @@ pub async fn follow_revocations(
         }
         // The poll interval counts too: the gap between heartbeats stays under HEARTBEAT.
         let due = reported.elapsed() + REVOCATION_POLL >= crate::store::HEARTBEAT;
-        if registered && acked == seen && !due {
+        if registered && acked >= awaited && !due {
             continue;
         }
         reported = Instant::now();

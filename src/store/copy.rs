@@ -69,7 +69,7 @@ fn copy(from: &Pool, to: &Pool) -> Result<Copied> {
         loop {
             let read = |r: &super::db::Row| {
                 (0..columns.len())
-                    .map(|i| r.value(i))
+                    .map(|i| r.get::<Value>(i))
                     .collect::<Result<Vec<_>>>()
             };
             let rows = match key {
@@ -114,14 +114,10 @@ fn copy(from: &Pool, to: &Pool) -> Result<Copied> {
     }
     if tx.is_postgres() {
         // Identity columns go on after the largest copied id.
-        for (table, key) in [
-            ("users", "id"),
-            ("sessions", "id"),
-            ("sign_in_requests", "id"),
-            ("outbox", "id"),
-            ("audit", "id"),
-            ("revocations", "seq"),
-        ] {
+        for (table, key) in TABLES.iter().filter_map(|(t, k)| match k {
+            Key::Int(k) => Some((t, k)),
+            Key::Order(_) => None,
+        }) {
             tx.query_one::<i64>(
                 &format!(
                     "SELECT setval(pg_get_serial_sequence('{table}', '{key}'),

@@ -5,7 +5,7 @@
 //! case-insensitive collation named `nocase` in both), run through [`Db`] on tokio's
 //! blocking pool. SQLite goes through rusqlite; PostgreSQL through rust-postgres' blocking
 //! client, with parameters rewritten to `$N`, typed from the Rust values bound to them, and
-//! statements prepared once per connection.
+//! statements kept prepared per connection.
 //!
 //! Transactions are serialized like SQLite's: a write transaction on PostgreSQL first takes
 //! a transaction-scoped advisory lock that every writer of every replica takes, so the
@@ -24,7 +24,10 @@ use r2d2_sqlite::SqliteConnectionManager;
 use super::{Result, StoreError};
 
 /// The advisory lock every PostgreSQL write transaction holds ("authbase" in ASCII).
-const WRITE_LOCK: i64 = 0x6175_7468_6261_7365;
+pub const WRITE_LOCK: i64 = 0x6175_7468_6261_7365;
+
+/// The `NOTIFY` channel of the revocation log.
+pub const REVOCATIONS_CHANNEL: &str = "authbase_revocations";
 
 /// Is this `database` setting a PostgreSQL URL (rather than a SQLite file path)?
 pub fn is_postgres(database: &str) -> bool {
@@ -90,8 +93,7 @@ impl Arg<'_> {
     }
 }
 
-/// An owned value: a parameter of a statement built at run time (filters), or a column
-/// read as it is (`copy`).
+/// A column read as it is, and bound again as it was (`copy`).
 #[derive(Debug, Clone)]
 pub enum Value {
     Int(i64),
@@ -211,9 +213,6 @@ impl PgToSql for Arg<'_> {
     ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match *self {
             Arg::Null(_) => Ok(IsNull::Yes),
-            Arg::Int(i) if *ty == Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
-            Arg::Int(i) if *ty == Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
-            Arg::Int(i) if *ty == Type::BOOL => (i != 0).to_sql(ty, out),
             Arg::Int(i) => i.to_sql(ty, out),
             Arg::Text(s) => s.to_sql(ty, out),
             Arg::Blob(b) => b.to_sql(ty, out),
@@ -344,11 +343,6 @@ impl FromCell for Value {
 }
 
 impl Row<'_> {
-    /// Column `i` as it is.
-    pub fn value(&self, i: usize) -> Result<Value> {
-        self.get(i)
-    }
-
     pub fn get<T: FromCell>(&self, i: usize) -> Result<T> {
         let bad = |e: String| StoreError::Db(format!("column {i}: {e}"));
         match self {
@@ -408,8 +402,10 @@ pub struct PgConn {
     in_tx: bool,
 }
 
-/// How the pool opens PostgreSQL connections: TLS by rustls when the URL asks for it
-/// (`sslmode=prefer`, the default, or `require`), verified against the Mozilla roots.
+/// How the pools open PostgreSQL connections: TLS by rustls when the URL asks for it
+/// (`sslmode=prefer`, the default, `require`, libpq's `verify-*`), the certificate
+/// always verified, against the Mozilla roots or the URL's `sslrootcert`.
+#[derive(Clone)]
 pub struct PgManager {
     config: postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
@@ -649,7 +645,7 @@ impl From<postgres::Error> for StoreError {
 /// notification may have been missed meanwhile).
 pub struct Listener {
     wake: Arc<tokio::sync::Notify>,
-    started: std::sync::Once,
+    /// Taken (once) when the thread starts.
     connect: std::sync::Mutex<Option<(PgManager, &'static str)>>,
 }
 
@@ -657,15 +653,18 @@ impl Listener {
     pub fn new(manager: PgManager, channel: &'static str) -> Arc<Listener> {
         Arc::new(Listener {
             wake: Arc::new(tokio::sync::Notify::new()),
-            started: std::sync::Once::new(),
             connect: std::sync::Mutex::new(Some((manager, channel))),
         })
     }
 
     /// Resolves at the next notification (or reconnection).
     pub async fn notified(&self) {
-        self.started.call_once(|| {
-            let taken = self.connect.lock().unwrap_or_else(|e| e.into_inner()).take();
+        {
+            let taken = self
+                .connect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             if let Some((manager, channel)) = taken {
                 let wake = self.wake.clone();
                 let spawned = std::thread::Builder::new()
@@ -675,7 +674,7 @@ impl Listener {
                     tracing::warn!(error = %e, "cannot start the PostgreSQL listener; polling only");
                 }
             }
-        });
+        }
         self.wake.notified().await
     }
 }

@@ -1,8 +1,9 @@
 //! The store: every read and write of persistent state, behind one narrow API.
 //!
-//! SQLite through an r2d2 pool, WAL mode, a busy timeout, migrations on open. Every call
-//! runs on tokio's blocking pool (`spawn_blocking`, pool `get()` included) so the async
-//! executor never waits on disk. Only hashes of tokens and link secrets are stored.
+//! SQLite (WAL mode, a busy timeout) or PostgreSQL, each through r2d2 pools and the one
+//! SQL layer of `db`, migrated on open. Every call runs on tokio's blocking pool
+//! (`spawn_blocking`, pool `get()` included) so the async executor never waits on disk
+//! or network. Only hashes of tokens and link secrets are stored.
 
 mod copy;
 pub mod db;
@@ -291,20 +292,22 @@ const NO_CREATE: rusqlite::OpenFlags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRI
     .union(rusqlite::OpenFlags::SQLITE_OPEN_URI)
     .union(rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
-/// Switch to WAL, migrate, and open a pool of `size` on the file at `path`.
-fn open_sqlite(
+fn migrate_sqlite(path: &Path, busy_timeout: Duration) -> Result<()> {
+    // Switch to WAL (a persistent setting) and migrate on one connection first, so
+    // pool connections opening in parallel never race for that exclusive lock.
+    let mut c = Connection::open(path)?;
+    c.busy_timeout(busy_timeout)?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    migrations::run_sqlite(&mut c)?;
+    Ok(())
+}
+
+/// A pool of `size` on the (migrated) file at `path`.
+fn sqlite_pool(
     path: &Path,
     busy_timeout: Duration,
     size: u32,
 ) -> Result<r2d2::Pool<SqliteConnectionManager>> {
-    // Switch to WAL (a persistent setting) and migrate on one connection first, so
-    // pool connections opening in parallel never race for that exclusive lock.
-    {
-        let mut c = Connection::open(path)?;
-        c.busy_timeout(busy_timeout)?;
-        c.pragma_update(None, "journal_mode", "WAL")?;
-        migrations::run_sqlite(&mut c)?;
-    }
     // Pool connections open the file that now exists, never create one: a connection
     // opened while the file is missing (moved, deleted) must fail (and /readyz say so),
     // not start an empty database that the pool then keeps handing out.
@@ -331,11 +334,7 @@ fn open_sqlite(
 
 /// A pool of `size` PostgreSQL connections (the first one is made now, so a wrong URL,
 /// password or unreachable server fails at start).
-fn open_postgres(
-    url: &str,
-    busy_timeout: Duration,
-    size: u32,
-) -> Result<r2d2::Pool<db::PgManager>> {
+fn postgres_pool(manager: &db::PgManager, size: u32) -> Result<r2d2::Pool<db::PgManager>> {
     Ok(r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
@@ -343,7 +342,7 @@ fn open_postgres(
         // A broken connection is noticed by `has_broken`; a check on every checkout
         // would be a round trip per query.
         .test_on_check_out(false)
-        .build(db::PgManager::new(url, busy_timeout)?)?)
+        .build(manager.clone())?)
 }
 
 impl Store {
@@ -351,21 +350,20 @@ impl Store {
     /// creating a SQLite file if needed, and migrate it.
     pub fn open(database: &str, busy_timeout: Duration) -> Result<Store> {
         let (pool, follower, file, listener) = if db::is_postgres(database) {
+            let manager = db::PgManager::new(database, busy_timeout)?;
             let (pool, follower) = db::blocking(|| -> Result<(Pool, Pool)> {
-                let pool = Pool::Pg(db::PgPool::new(open_postgres(database, busy_timeout, 8)?));
+                let pool = Pool::Pg(db::PgPool::new(postgres_pool(&manager, 8)?));
                 migrations::run(&pool.get()?)?;
-                let follower = Pool::Pg(db::PgPool::new(open_postgres(database, busy_timeout, 1)?));
+                let follower = Pool::Pg(db::PgPool::new(postgres_pool(&manager, 1)?));
                 Ok((pool, follower))
             })?;
-            let listener = db::Listener::new(
-                db::PgManager::new(database, busy_timeout)?,
-                "authbase_revocations",
-            );
+            let listener = db::Listener::new(manager, db::REVOCATIONS_CHANNEL);
             (pool, follower, None, Some(listener))
         } else {
             let path = Path::new(database);
-            let pool = Pool::Lite(open_sqlite(path, busy_timeout, 8)?);
-            let follower = Pool::Lite(open_sqlite(path, busy_timeout, 1)?);
+            migrate_sqlite(path, busy_timeout)?;
+            let pool = Pool::Lite(sqlite_pool(path, busy_timeout, 8)?);
+            let follower = Pool::Lite(sqlite_pool(path, busy_timeout, 1)?);
             let id = file_id(path).ok().flatten();
             (pool, follower, Some((Arc::from(path), id)), None)
         };
@@ -443,8 +441,7 @@ impl Store {
         let (writer, busy_timeout) = (self.writer.clone(), self.busy_timeout);
         tokio::task::spawn_blocking(move || {
             // Taken before a connection, so waiting writers do not hold connections that
-            // readers need. A panic while holding it leaves nothing half-done in the
-            // database (the transaction rolls back), so a poisoned lock is still usable.
+            // readers need.
             let _guard = lock_writer(&writer, busy_timeout)?;
             f(&pool.get()?)
         })
@@ -469,11 +466,8 @@ impl Store {
     pub fn schema_version(database: &str) -> Result<Option<i64>> {
         if db::is_postgres(database) {
             return db::blocking(|| {
-                let pool = Pool::Pg(db::PgPool::new(open_postgres(
-                    database,
-                    Duration::from_secs(5),
-                    1,
-                )?));
+                let manager = db::PgManager::new(database, Duration::from_secs(5))?;
+                let pool = Pool::Pg(db::PgPool::new(postgres_pool(&manager, 1)?));
 
                 migrations::existing_version(&pool.get()?)
             });
@@ -663,9 +657,9 @@ args![id, at])?;
 
     /// Revocations after `seq`, oldest first.
     ///
-    /// On a connection of its own, outside the pool: under a flood of `/verify` cache
-    /// misses the pool's connections are all busy, and the server must keep following
-    /// the log (it stops answering sessions when it cannot; see `session::SYNC_GRACE`).
+    /// On a pool of one connection of its own: under a flood of `/verify` cache misses
+    /// the main pool's connections are all busy, and the server must keep following the
+    /// log (it stops answering sessions when it cannot; see `session::SYNC_GRACE`).
     pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, Revoked)>> {
         on(&self.follower, move |c| {
             c.query_map(

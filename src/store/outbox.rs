@@ -10,7 +10,7 @@
 //! successor on the same database, so a crash loses nothing: at worst a message whose
 //! "250 OK" was not recorded yet is sent again, with the same Message-ID.
 
-use super::db::{args, Arg, Db, Row, ToArg, Value};
+use super::db::{args, Arg, Db, Row};
 
 use super::{servers, RequestInfo, Result, Store};
 use crate::config::Rate;
@@ -161,26 +161,26 @@ fn mail_row(r: &Row) -> Result<MailRow> {
 }
 
 /// `WHERE` clause and parameters for a filter (`o` is the outbox).
-fn filter_sql(f: &MailFilter) -> (String, Vec<Value>) {
+fn filter_sql(f: &MailFilter) -> (String, Vec<Arg<'_>>) {
     let mut clauses = vec!["1 = 1".to_string()];
-    let mut args: Vec<Value> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
     if !f.ids.is_empty() {
         let marks = f.ids.iter().map(|_| "?").collect::<Vec<_>>().join(", ");
         clauses.push(format!("o.id IN ({marks})"));
-        args.extend(f.ids.iter().map(|i| Value::Int(*i)));
+        args.extend(f.ids.iter().map(|i| Arg::Int(*i)));
     }
     if !f.states.is_empty() {
         let marks = f.states.iter().map(|_| "?").collect::<Vec<_>>().join(", ");
         clauses.push(format!("o.state IN ({marks})"));
-        args.extend(f.states.iter().map(|s| Value::Text(s.clone())));
+        args.extend(f.states.iter().map(|s| Arg::Text(s)));
     }
     if let Some(k) = &f.kind {
         clauses.push("o.kind = ?".into());
-        args.push(Value::Text(k.clone()));
+        args.push(Arg::Text(k));
     }
     if let Some(t) = f.created_before {
         clauses.push("o.created_at <= ?".into());
-        args.push(Value::Int(t));
+        args.push(Arg::Int(t));
     }
     (clauses.join(" AND "), args)
 }
@@ -460,11 +460,11 @@ impl Store {
     pub async fn list_mail(&self, f: MailFilter) -> Result<Vec<MailRow>> {
         self.run(move |c| {
             let (clause, mut args) = filter_sql(&f);
-            args.push(Value::Int(f.limit.unwrap_or(i64::MAX)));
+            args.push(Arg::Int(f.limit.unwrap_or(i64::MAX)));
             let sql = format!(
                 "SELECT {ROW_COLUMNS} FROM outbox o WHERE {clause} ORDER BY o.id DESC LIMIT ?"
             );
-            c.query_map(&sql, &bind(&args), mail_row)
+            c.query_map(&sql, &args, mail_row)
         })
         .await
     }
@@ -483,7 +483,7 @@ impl Store {
                             (SELECT 1 FROM users u WHERE u.id = o.user_id AND u.blocked = 0))
                      ORDER BY o.id"
                 );
-                tx.query_map(&sql, &bind(&args), |r| r.get(0))?
+                tx.query_map(&sql, &args, |r| r.get(0))?
             };
             for id in &ids {
                 tx.execute(
@@ -508,16 +508,12 @@ impl Store {
             );
             // Under the write lock: not while another replica claims what it deletes.
             let tx = c.transaction()?;
-            let n = tx.execute(&sql, &bind(&args))?;
+            let n = tx.execute(&sql, &args)?;
             tx.commit()?;
             Ok(n)
         })
         .await
     }
-}
-
-fn bind(values: &[Value]) -> Vec<Arg<'_>> {
-    values.iter().map(ToArg::to_arg).collect()
 }
 
 /// One claimed message with, for sign-in mail, its request.

@@ -93,46 +93,38 @@ pub(crate) fn find_user(c: &Db, email: &str) -> Result<Option<(i64, String, bool
 /// Tell running servers to evict the cached sessions of `user_id` (`None`: of everyone);
 /// returns the record's number.
 pub(crate) fn record_revocation(c: &Db, user_id: Option<i64>, now: i64) -> Result<i64> {
-    record_revocation_kind(c, user_id, now, "sessions")
-}
-
-/// A record in the revocation log: `sessions` (evict the user's cached sessions, or all
-/// with `None`) or `keys` (reload the signing keys).
-pub(crate) fn record_revocation_kind(
-    c: &Db,
-    user_id: Option<i64>,
-    now: i64,
-    kind: &str,
-) -> Result<i64> {
-    let seq = c.query_one(
-        "INSERT INTO revocations (user_id, at, kind) VALUES (?1, ?2, ?3) RETURNING seq",
-        args![user_id, now, kind],
-    )?;
-    announce_revocation(c)?;
-    Ok(seq)
+    record_revocation_kind(c, user_id, None, now, "sessions")
 }
 
 /// A session ended here (signed out): other servers evict it by its token's hash.
 pub(crate) fn record_session_end(c: &Db, hash: &[u8], now: i64) -> Result<i64> {
-    let seq = c.query_one(
-        "INSERT INTO revocations (at, kind, token_hash) VALUES (?1, 'session', ?2) RETURNING seq",
-        args![now, hash],
-    )?;
-    announce_revocation(c)?;
-    Ok(seq)
+    record_revocation_kind(c, None, Some(hash), now, "session")
 }
 
-/// On PostgreSQL, wake the servers listening (delivered when the transaction commits);
-/// they read the log itself, so a lost notification only delays them to their next poll.
-fn announce_revocation(c: &Db) -> Result<()> {
+/// A record in the revocation log: `sessions` (evict the user's cached sessions, or all
+/// with `None`), `session` (evict the one with this token hash) or `keys` (reload the
+/// signing keys). On PostgreSQL it also wakes the servers listening (the notification
+/// is delivered when the transaction commits); they read the log itself, so a lost
+/// notification only delays them to their next poll.
+pub(crate) fn record_revocation_kind(
+    c: &Db,
+    user_id: Option<i64>,
+    token_hash: Option<&[u8]>,
+    now: i64,
+    kind: &str,
+) -> Result<i64> {
+    let seq = c.query_one(
+        "INSERT INTO revocations (user_id, at, kind, token_hash) VALUES (?1, ?2, ?3, ?4)
+         RETURNING seq",
+        args![user_id, now, kind, token_hash],
+    )?;
     if c.is_postgres() {
-        c.query_map(
-            "SELECT pg_notify('authbase_revocations', '')",
+        c.execute(
+            &format!("SELECT pg_notify('{}', '')", super::db::REVOCATIONS_CHANNEL),
             args![],
-            |_| Ok(()),
         )?;
     }
-    Ok(())
+    Ok(seq)
 }
 
 /// An admin change in the audit trail.

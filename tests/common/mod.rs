@@ -535,11 +535,11 @@ impl Authbase {
         let holder = std::thread::spawn(move || {
             if db.starts_with("postgres://") {
                 let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
-                c.batch_execute("SELECT pg_advisory_lock(7022647185630131045)")
+                c.batch_execute(&format!("SELECT pg_advisory_lock({WRITE_LOCK})"))
                     .unwrap();
                 held.send(()).unwrap();
                 let _ = wait.recv();
-                c.batch_execute("SELECT pg_advisory_unlock(7022647185630131045)")
+                c.batch_execute(&format!("SELECT pg_advisory_unlock({WRITE_LOCK})"))
                     .unwrap();
             } else {
                 let c = rusqlite::Connection::open(path).unwrap();
@@ -558,6 +558,9 @@ impl Authbase {
         }
     }
 }
+
+/// The advisory lock every authbase write transaction takes on PostgreSQL.
+const WRITE_LOCK: i64 = authbase::store::db::WRITE_LOCK;
 
 /// A column as `Authbase::sql` returns it.
 #[derive(Debug, Clone, PartialEq)]
