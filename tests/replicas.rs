@@ -67,6 +67,58 @@ impl Replicas {
     }
 }
 
+/// A PostgreSQL server of one test's own (`scripts/test-postgres`), stopped and removed
+/// when dropped, also when the test fails.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl PrivatePostgres {
+    /// `scripts/test-postgres start DIR OPTIONS`.
+    fn start(options: &[&str]) -> PrivatePostgres {
+        let dir = tempfile::Builder::new()
+            .prefix("authbase-pg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut pg = PrivatePostgres {
+            dir,
+            url: String::new(),
+        };
+        pg.url = pg.run("start", options);
+        pg
+    }
+
+    /// `scripts/test-postgres CMD DIR` (`pause`, `resume`).
+    fn ctl(&self, cmd: &str) {
+        self.run(cmd, &[]);
+    }
+
+    fn run(&self, cmd: &str, options: &[&str]) -> String {
+        let o = std::process::Command::new(repo().join("scripts/test-postgres"))
+            .arg(cmd)
+            .arg(self.dir.path())
+            .args(options)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo().join("scripts/test-postgres"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
 async fn verify(addr: &str, b: &Browser) -> u16 {
     let cookie = format!("session_id={}", b.session().expect("signed in"));
     let h = [
@@ -449,26 +501,9 @@ async fn copy_moves_a_sqlite_deployment_to_postgres_with_its_sessions() {
 /// session works again without restarting authbase.
 #[tokio::test]
 async fn a_postgres_outage_fails_closed_and_authbase_recovers() {
-    let pg = tempfile::Builder::new()
-        .prefix("authbase-outage-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let script = repo().join("scripts/test-postgres");
-    let ctl = |cmd: &str| {
-        let o = std::process::Command::new(&script)
-            .arg(cmd)
-            .arg(pg.path())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap().trim().to_string()
-    };
-    let server = ctl("start");
-    let url = new_postgres_database(&server);
+    let pg = PrivatePostgres::start(&[]);
+
+    let url = new_postgres_database(&pg.url);
     let smtp = Smtp::start();
     let cfg = test_config(smtp.port, "", "").replace(
         "database = \"authbase.db\"",
@@ -480,7 +515,7 @@ async fn a_postgres_outage_fails_closed_and_authbase_recovers() {
     assert_eq!(b.get(&mail.link_path()).await.status, 303);
     assert_eq!(verify(&ab.addr, &b).await, 200);
 
-    ctl("pause");
+    pg.ctl("pause");
     let start = Instant::now();
     let status = loop {
         let s = verify(&ab.addr, &b).await;
@@ -503,7 +538,7 @@ async fn a_postgres_outage_fails_closed_and_authbase_recovers() {
         .await;
     assert_eq!(r.status, 503, "a sign-in cannot be stored:\n{}", ab.logs());
 
-    ctl("resume");
+    pg.ctl("resume");
     let start = Instant::now();
     loop {
         if verify(&ab.addr, &b).await == 200 {
@@ -524,8 +559,6 @@ async fn a_postgres_outage_fails_closed_and_authbase_recovers() {
     assert_eq!(ready.status, 200, "{}", ready.body);
     let (_, mail) = request_link(&mut other, &smtp, "pat@example.com").await;
     assert_eq!(other.get(&mail.link_path()).await.status, 303);
-    drop(ab);
-    ctl("stop");
 }
 
 /// TLS to PostgreSQL (a private server whose certificate for 127.0.0.1 a throwaway CA
@@ -534,28 +567,10 @@ async fn a_postgres_outage_fails_closed_and_authbase_recovers() {
 /// default `prefer` alike, and says why.
 #[tokio::test]
 async fn tls_to_postgres_verifies_the_server_certificate() {
-    let pg = tempfile::Builder::new()
-        .prefix("authbase-tls-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let script = repo().join("scripts/test-postgres");
-    let ctl = |args: &[&str]| {
-        let o = std::process::Command::new(&script)
-            .arg(args[0])
-            .arg(pg.path())
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap().trim().to_string()
-    };
-    let server = ctl(&["start", "ssl"]);
-    let url = new_postgres_database(&server);
-    let ca = pg.path().join("ca.crt");
+    let pg = PrivatePostgres::start(&["ssl"]);
+
+    let url = new_postgres_database(&pg.url);
+    let ca = pg.dir.path().join("ca.crt");
     let smtp = Smtp::start();
     let with = |query: &str| {
         test_config(smtp.port, "", "").replace(
@@ -596,6 +611,4 @@ async fn tls_to_postgres_verifies_the_server_certificate() {
     let (all, encrypted) = (tls[0][0].int(), tls[0][1].int());
     assert!(all >= 2, "authbase's connections are there: {all}");
     assert_eq!(all, encrypted, "every one of them over TLS");
-    drop(ab);
-    ctl(&["stop"]);
 }
