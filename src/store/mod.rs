@@ -551,13 +551,13 @@ impl Store {
     pub async fn session(&self, hash: Hash, now: i64, idle: i64) -> Result<Option<SessionUser>> {
         self.run(move |c| {
             c.query_opt(
-"SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at, s.expires_at,
+                "SELECT s.id, s.user_id, u.email, s.confirmed, s.last_seen_at, s.expires_at,
                         u.invited,
                         (SELECT string_agg(name, ',' ORDER BY name) FROM user_groups WHERE user_id = u.id)
                    FROM sessions s JOIN users u ON u.id = s.user_id
                   WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.blocked = 0
                     AND (?3 = 0 OR s.confirmed = 0 OR s.last_seen_at + ?3 > ?2)",
-args![&hash[..], now, idle], |r| {
+                args![&hash[..], now, idle], |r| {
                 Ok(SessionUser {
                     session_id: r.get(0)?,
                     user_id: r.get(1)?,
@@ -583,8 +583,8 @@ args![&hash[..], now, idle], |r| {
             let tx = c.transaction()?;
             for (id, at) in seen {
                 tx.execute(
-"UPDATE sessions SET last_seen_at = CASE WHEN last_seen_at > ?2 THEN last_seen_at ELSE ?2 END WHERE id = ?1",
-args![id, at])?;
+                    "UPDATE sessions SET last_seen_at = CASE WHEN last_seen_at > ?2 THEN last_seen_at ELSE ?2 END WHERE id = ?1",
+                    args![id, at])?;
             }
             tx.commit()?;
             Ok(())
@@ -698,11 +698,11 @@ args![id, at])?;
     pub async fn list_sessions(&self, email: Option<String>, now: i64) -> Result<Vec<SessionRow>> {
         self.run(move |c| {
             let rows = c.query_map(
-"SELECT s.id, u.email, s.created_at, s.last_seen_at, s.expires_at, s.ip, s.user_agent
+                "SELECT s.id, u.email, s.created_at, s.last_seen_at, s.expires_at, s.ip, s.user_agent
                    FROM sessions s JOIN users u ON u.id = s.user_id
                   WHERE s.confirmed = 1 AND s.expires_at > ?1 AND (?2 IS NULL OR u.email = ?2)
                   ORDER BY s.created_at DESC",
-args![now, email], |r| {
+                args![now, email], |r| {
                     Ok(SessionRow {
                         id: r.get(0)?,
                         email: r.get(1)?,

@@ -45,8 +45,8 @@ impl Store {
     pub async fn ack_server(&self, server_id: String, seen_seq: i64, now: i64) -> Result<bool> {
         self.write(move |c| {
             Ok(c.execute(
-"UPDATE servers SET seen_seq = CASE WHEN seen_seq > ?2 THEN seen_seq ELSE ?2 END, heartbeat_at = ?3 WHERE id = ?1",
-args![server_id, seen_seq, now])?
+                "UPDATE servers SET seen_seq = CASE WHEN seen_seq > ?2 THEN seen_seq ELSE ?2 END, heartbeat_at = ?3 WHERE id = ?1",
+                args![server_id, seen_seq, now])?
                 > 0)
         })
         .await
