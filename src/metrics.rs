@@ -105,16 +105,41 @@ pub enum Mail {
     Failed,
 }
 
-/// A counter on a cache line of its own, so cores counting different things do not
-/// contend.
-#[derive(Default)]
+/// Request counters are kept in stripes: a thread counts in its own (see `stripe`), so
+/// two cores answering `/verify` do not pass one counter's cache line back and forth on
+/// every request; a scrape adds the stripes up.
+const STRIPES: usize = 8;
+
+/// One stripe of the request counters, on cache lines of its own.
 #[repr(align(64))]
-struct Padded(AtomicU64);
+struct Stripe {
+    requests: [AtomicU64; ENDPOINTS.len() * N_STATUS],
+    verify_buckets: [AtomicU64; BUCKETS.len() + 1],
+    verify_sum_nanos: AtomicU64,
+}
+
+impl Stripe {
+    fn new() -> Stripe {
+        Stripe {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            verify_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            verify_sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+/// This thread's stripe: threads take them in turn when they first count.
+fn stripe() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+    }
+    MINE.with(|m| *m)
+}
 
 pub struct Metrics {
-    requests: Vec<Padded>,
-    verify_buckets: Vec<Padded>,
-    verify_sum_nanos: Padded,
+    stripes: Box<[Stripe]>,
     sign_ins: [AtomicU64; 3],
     mail: [AtomicU64; 4],
     rate_limited: [AtomicU64; LIMITS.len()],
@@ -143,11 +168,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics {
-            requests: (0..ENDPOINTS.len() * N_STATUS)
-                .map(|_| Padded::default())
-                .collect(),
-            verify_buckets: (0..=BUCKETS.len()).map(|_| Padded::default()).collect(),
-            verify_sum_nanos: Padded::default(),
+            stripes: (0..STRIPES).map(|_| Stripe::new()).collect(),
             sign_ins: Default::default(),
             mail: Default::default(),
             rate_limited: Default::default(),
@@ -159,20 +180,26 @@ impl Metrics {
 
     /// One answered request; `/verify` (both styles) also feeds the latency histogram.
     pub fn request(&self, endpoint: usize, status: u16, took: Duration) {
-        self.requests[endpoint * N_STATUS + status_index(status)]
-            .0
-            .fetch_add(1, Relaxed);
+        let s = &self.stripes[stripe()];
+        s.requests[endpoint * N_STATUS + status_index(status)].fetch_add(1, Relaxed);
         if endpoint <= 1 {
             let secs = took.as_secs_f64();
             let b = BUCKETS
                 .iter()
                 .position(|le| secs <= *le)
                 .unwrap_or(BUCKETS.len());
-            self.verify_buckets[b].0.fetch_add(1, Relaxed);
-            self.verify_sum_nanos
-                .0
+            s.verify_buckets[b].fetch_add(1, Relaxed);
+            s.verify_sum_nanos
                 .fetch_add(took.as_nanos() as u64, Relaxed);
         }
+    }
+
+    /// One counter, added up over the stripes.
+    fn sum(&self, counter: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| counter(s).load(Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     pub fn sign_in(&self, what: SignIn) {
@@ -233,7 +260,7 @@ impl Metrics {
         );
         for (e, name) in ENDPOINTS.iter().enumerate() {
             for s in 0..N_STATUS {
-                let n = self.requests[e * N_STATUS + s].0.load(Relaxed);
+                let n = self.sum(|st| &st.requests[e * N_STATUS + s]);
                 if n > 0 {
                     let _ = writeln!(
                         o,
@@ -252,18 +279,18 @@ impl Metrics {
         );
         let mut cumulative = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
-            cumulative += self.verify_buckets[i].0.load(Relaxed);
+            cumulative += self.sum(|st| &st.verify_buckets[i]);
             let _ = writeln!(
                 o,
                 "authbase_verify_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
             );
         }
-        cumulative += self.verify_buckets[BUCKETS.len()].0.load(Relaxed);
+        cumulative += self.sum(|st| &st.verify_buckets[BUCKETS.len()]);
         let _ = writeln!(
             o,
             "authbase_verify_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
         );
-        let sum = self.verify_sum_nanos.0.load(Relaxed) as f64 / 1e9;
+        let sum = self.sum(|st| &st.verify_sum_nanos) as f64 / 1e9;
         let _ = writeln!(o, "authbase_verify_duration_seconds_sum {sum}");
         let _ = writeln!(o, "authbase_verify_duration_seconds_count {cumulative}");
 

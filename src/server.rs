@@ -2,6 +2,7 @@
 //! timeout, the request wrapper (security headers, error mapping, one log line per
 //! request) and graceful shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,9 +16,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::app::App;
 use crate::error::AppError;
@@ -47,8 +47,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let cfg = app.cfg.clone();
-    let permits = Arc::new(Semaphore::new(cfg.server.max_connections));
-    let graceful = GracefulShutdown::new();
+    let max = cfg.server.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    let open = Arc::new(Open::default());
     let mut builder = http1::Builder::new();
     // `server.header_read_timeout` is kept by `watch_connection` below, not by hyper's
     // `header_read_timeout`, which arms and drops a timer around every request head.
@@ -78,45 +79,109 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let progress = Arc::new(Progress::default());
-        let p = progress.clone();
-        let svc = service_fn(move |req| {
-            p.started.fetch_add(1, Ordering::Relaxed);
-            handle(app.clone(), peer, surface, req, Finished(p.clone()))
+        let shared = Arc::new(Connection {
+            app: app.clone(),
+            started: AtomicU32::new(0),
+            finished: AtomicU32::new(0),
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        let c = shared.clone();
+        let svc = service_fn(move |req| {
+            c.started.fetch_add(1, Ordering::Relaxed);
+            handle(c.clone(), peer, surface, req)
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let (stop, stopped) = oneshot::channel();
+        let registered = Registered {
+            id: open.add(stop),
+            open: open.clone(),
+            _permit: permit,
+        };
         let task = tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            let _registered = registered;
+            tokio::pin!(conn);
+            tokio::select! {
+                biased;
+                _ = conn.as_mut() => {}
+                // Shutdown: finish the request in flight, then close.
+                _ = stopped => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
         tokio::spawn(watch_connection(
             task.abort_handle(),
-            progress,
+            shared,
             cfg.server.header_read_timeout.0,
         ));
     }
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
+    for stop in open.take_all() {
+        let _ = stop.send(());
+    }
+    // Every connection holds a permit until it is closed.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = permits.acquire_many(all) => {}
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("in-flight requests did not finish in time"),
     }
 }
 
-/// What a connection's watchdog sees of it: requests started and finished.
-#[derive(Default)]
-struct Progress {
+/// What a connection's requests share: the app (one reference per connection; see
+/// `web::AppRef`) and the counts its watchdog reads, requests started and finished.
+pub struct Connection {
+    pub(crate) app: Arc<App>,
     started: AtomicU32,
     finished: AtomicU32,
 }
 
 /// Counts a request finished when dropped: answered, or abandoned by the client.
-struct Finished(Arc<Progress>);
+struct Finished(Arc<Connection>);
 
 impl Drop for Finished {
     fn drop(&mut self) {
         self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The open connections' shutdown signals. One channel per connection rather than
+/// hyper-util's `GracefulShutdown`, whose connections each lock one mutex shared by all
+/// of them every time they are polled: on a busy server, a lock bounced between cores
+/// on every request. Here the set is locked when a connection opens and closes only.
+#[derive(Default)]
+struct Open(std::sync::Mutex<(u64, HashMap<u64, oneshot::Sender<()>>)>);
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, oneshot::Sender<()>>)> {
+        // Insertions and removals are whole; a panic elsewhere cannot leave one half-done.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, stop: oneshot::Sender<()>) -> u64 {
+        let mut g = self.lock();
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, stop);
+        id
+    }
+
+    fn take_all(&self) -> Vec<oneshot::Sender<()>> {
+        self.lock().1.drain().map(|(_, s)| s).collect()
+    }
+}
+
+/// A connection's place in `Open` and its connection permit, given back when its task
+/// ends — closed, or aborted by its watchdog.
+struct Registered {
+    id: u64,
+    open: Arc<Open>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.lock().1.remove(&self.id);
     }
 }
 
@@ -132,7 +197,7 @@ impl Drop for Finished {
 /// costs two counter increments.)
 async fn watch_connection(
     conn: tokio::task::AbortHandle,
-    progress: Arc<Progress>,
+    progress: Arc<Connection>,
     limit: Duration,
 ) {
     // Config durations are whole seconds (≥ 1 s); the floor only keeps `interval` from
@@ -165,16 +230,16 @@ async fn watch_connection(
 }
 
 async fn handle(
-    app: Arc<App>,
+    conn: Arc<Connection>,
     peer: SocketAddr,
     surface: Surface,
     req: Request<Incoming>,
-    _finished: Finished,
 ) -> Result<Resp, Infallible> {
+    let _finished = Finished(conn.clone());
     let endpoint = crate::metrics::endpoint(req.uri().path());
     let method = req.method().clone();
     let path = router::loggable_path(req.uri().path());
-    let ctx = Ctx::new(app, peer, &req);
+    let ctx = Ctx::new(web::AppRef(conn), peer, &req);
     let app = &ctx.app;
     let cors = web::cors_origin(req.headers(), req.uri().path(), app);
     // /verify needs no timer of its own: a cached answer is immediate, and a database

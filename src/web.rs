@@ -30,9 +30,22 @@ pub type Result<T> = std::result::Result<T, AppError>;
 #[derive(Clone, Copy, Debug)]
 pub struct UserId(pub i64);
 
+/// The app, as a request holds it: through its connection's own reference (see
+/// `server::Connection`), so taking one per request touches a counter that only that
+/// connection uses, not the app's, which every request on every core would bounce
+/// between caches.
+pub struct AppRef(pub(crate) Arc<crate::server::Connection>);
+
+impl std::ops::Deref for AppRef {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0.app
+    }
+}
+
 /// What every handler gets besides the request.
 pub struct Ctx {
-    pub app: Arc<App>,
+    pub app: AppRef,
     pub client_ip: IpAddr,
     pub wants_json: bool,
     /// For the audit trail (a cheap reference-counted copy).
@@ -43,7 +56,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(app: Arc<App>, peer: SocketAddr, req: &Request<Incoming>) -> Ctx {
+    pub fn new(app: AppRef, peer: SocketAddr, req: &Request<Incoming>) -> Ctx {
         let trusted = &app.cfg.derived.trusted_proxies;
         let client_ip = if trusted.is_empty() {
             peer.ip()
