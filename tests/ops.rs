@@ -350,7 +350,12 @@ fn version_names_the_git_revision() {
 async fn sigterm_finishes_a_request_in_flight() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let smtp = Smtp::start();
-    let mut ab = Authbase::start(&test_config(smtp.port, "", ""));
+    // Idle connections are otherwise cut after this; here only the shutdown closes one.
+    let mut ab = Authbase::start(&test_config(
+        smtp.port,
+        "",
+        "[server]\nheader_read_timeout = \"60s\"\n",
+    ));
     // A sign-in whose body is still arriving when SIGTERM comes.
     let body = "email=late%40example.com";
     let mut s = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
@@ -361,6 +366,14 @@ async fn sigterm_finishes_a_request_in_flight() {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body.as_bytes()[..10]).await.unwrap();
+    // And a keep-alive connection that has been answered and sits idle.
+    let mut idle = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", ab.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 15];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = ab.pid();
     let stopper = std::thread::spawn(move || {
@@ -376,6 +389,13 @@ async fn sigterm_finishes_a_request_in_flight() {
         tokio::net::TcpStream::connect(&ab.addr).await.is_err(),
         "the listener is closed after SIGTERM"
     );
+    // The idle connection is closed at once, not kept until the drain timeout: the
+    // rest of its answer, then end of stream, while the sign-in is still in flight.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed on SIGTERM")
+        .unwrap();
     s.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut resp = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
@@ -387,6 +407,11 @@ async fn sigterm_finishes_a_request_in_flight() {
     assert!(resp.contains("check_email"), "{resp}");
     // The mail of that sign-in is not lost: delivered before exit, or on the next start.
     assert!(ab.stop().success(), "exit 0 after SIGTERM");
+    let logs = ab.logs();
+    assert!(
+        !logs.contains("did not finish in time"),
+        "every connection closed before the drain timeout: {logs}"
+    );
     let dir = std::mem::replace(&mut ab.dir, tempfile::tempdir().unwrap());
     let again = Authbase::start_in(dir, &ab.config.clone());
     let mails = smtp.wait_for(1).await;
