@@ -27,6 +27,10 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// `server.max_connections` at most: far above any open-file limit, and a count the
+/// server's shutdown can wait for in one go.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 pub(crate) fn err(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_string(),
@@ -929,8 +933,11 @@ impl Config {
 
         // Server limits.
         let v = &self.server;
-        if v.max_connections == 0 {
-            return Err(err("server.max_connections", "must be at least 1"));
+        if v.max_connections == 0 || v.max_connections > MAX_CONNECTIONS {
+            return Err(err(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
         }
         if v.header_read_timeout.0.is_zero() {
             return Err(err("server.header_read_timeout", "must be longer than 0"));
@@ -1295,6 +1302,16 @@ pub(crate) mod tests {
         assert_eq!(e.key, "public_url");
         // Every key has a default: an empty file is a working configuration.
         assert!(Config::from_toml("", &NoEnv).is_ok());
+    }
+
+    #[test]
+    fn max_connections_is_bounded() {
+        for bad in ["0", "1000001"] {
+            let e = Config::from_toml(&format!("[server]\nmax_connections = {bad}\n"), &NoEnv)
+                .unwrap_err();
+            assert_eq!(e.key, "server.max_connections", "{bad}: {e}");
+        }
+        assert!(Config::from_toml("[server]\nmax_connections = 1000000\n", &NoEnv).is_ok());
     }
 
     #[test]

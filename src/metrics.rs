@@ -196,10 +196,7 @@ impl Metrics {
 
     /// One counter, added up over the stripes.
     fn sum(&self, counter: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
-        self.stripes
-            .iter()
-            .map(|s| counter(s).load(Relaxed))
-            .fold(0, u64::wrapping_add)
+        self.stripes.iter().map(|s| counter(s).load(Relaxed)).sum()
     }
 
     pub fn sign_in(&self, what: SignIn) {

@@ -50,6 +50,8 @@ pub async fn run(
     let max = cfg.server.max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let open = Arc::new(Open::default());
+    // Signals every open connection when dropped: at shutdown, or if this future is.
+    let stop_all = StopAll(open.clone());
     let mut builder = http1::Builder::new();
     // `server.header_read_timeout` is kept by `watch_connection` below, not by hyper's
     // `header_read_timeout`, which arms and drops a timer around every request head.
@@ -87,7 +89,7 @@ pub async fn run(
         let c = shared.clone();
         let svc = service_fn(move |req| {
             c.started.fetch_add(1, Ordering::Relaxed);
-            handle(c.clone(), peer, surface, req)
+            handle(c.clone(), peer, surface, req, Finished(c.clone()))
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let (stop, stopped) = oneshot::channel();
@@ -96,16 +98,16 @@ pub async fn run(
             open: open.clone(),
             _permit: permit,
         };
+        let progress = shared.clone();
         let task = tokio::spawn(async move {
             let _registered = registered;
             tokio::pin!(conn);
             tokio::select! {
                 biased;
                 _ = conn.as_mut() => {}
-                // Shutdown: finish the request in flight, then close.
                 _ = stopped => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    drain(conn, &progress).await;
                 }
             }
         });
@@ -117,16 +119,38 @@ pub async fn run(
     }
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
-    for stop in open.take_all() {
-        let _ = stop.send(());
-    }
+    drop(stop_all);
     // Every connection holds a permit until it is closed.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let all = u32::try_from(max).expect("server.max_connections is checked at start-up");
     tokio::select! {
         _ = permits.acquire_many(all) => {}
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("in-flight requests did not finish in time"),
     }
 }
+
+/// A connection at shutdown, after hyper's `graceful_shutdown`: the request in flight is
+/// finished and the connection closed. hyper closes a connection between requests, or
+/// one that has sent nothing, at once; not one whose request head is still arriving
+/// (a slow or stalled client), which would hold the shutdown until the header-read
+/// watchdog cut it. Such a one is closed at the first look, every `DRAIN_TICK`, that
+/// finds no request being handled.
+async fn drain(mut conn: std::pin::Pin<&mut impl Future>, progress: &Connection) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + DRAIN_TICK, DRAIN_TICK);
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            _ = ticks.tick() => {
+                if progress.started.load(Ordering::Relaxed) == progress.finished.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How often a draining connection is looked at (see `drain`).
+const DRAIN_TICK: Duration = Duration::from_millis(100);
 
 /// What a connection's requests share: the app (one reference per connection; see
 /// `web::AppRef`) and the counts its watchdog reads, requests started and finished.
@@ -146,9 +170,10 @@ impl Drop for Finished {
 }
 
 /// The open connections' shutdown signals. One channel per connection rather than
-/// hyper-util's `GracefulShutdown`, whose connections each lock one mutex shared by all
-/// of them every time they are polled: on a busy server, a lock bounced between cores
-/// on every request. Here the set is locked when a connection opens and closes only.
+/// hyper-util's `GracefulShutdown`, whose connections each lock a mutex shared by all
+/// of them (one of eight, picked at random) every time they are polled: on a busy
+/// server, locks bounced between cores on every request. Here the set is locked when a
+/// connection opens and closes only.
 #[derive(Default)]
 struct Open(std::sync::Mutex<(u64, HashMap<u64, oneshot::Sender<()>>)>);
 
@@ -168,6 +193,17 @@ impl Open {
 
     fn take_all(&self) -> Vec<oneshot::Sender<()>> {
         self.lock().1.drain().map(|(_, s)| s).collect()
+    }
+}
+
+/// Tells every open connection to finish, when dropped.
+struct StopAll(Arc<Open>);
+
+impl Drop for StopAll {
+    fn drop(&mut self) {
+        for stop in self.0.take_all() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -234,8 +270,8 @@ async fn handle(
     peer: SocketAddr,
     surface: Surface,
     req: Request<Incoming>,
+    _finished: Finished,
 ) -> Result<Resp, Infallible> {
-    let _finished = Finished(conn.clone());
     let endpoint = crate::metrics::endpoint(req.uri().path());
     let method = req.method().clone();
     let path = router::loggable_path(req.uri().path());

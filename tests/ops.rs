@@ -374,6 +374,14 @@ async fn sigterm_finishes_a_request_in_flight() {
     let mut first = [0u8; 15];
     idle.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"HTTP/1.1 200 OK");
+    // One on which nothing was sent (a browser's preconnect), and one whose request
+    // head is still arriving.
+    let mut unused = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: slow\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = ab.pid();
     let stopper = std::thread::spawn(move || {
@@ -396,6 +404,18 @@ async fn sigterm_finishes_a_request_in_flight() {
         .await
         .expect("the idle connection is closed on SIGTERM")
         .unwrap();
+    let mut nothing = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), unused.read_to_end(&mut nothing))
+        .await
+        .expect("the unused connection is closed on SIGTERM")
+        .unwrap();
+    assert!(nothing.is_empty(), "{nothing:?}");
+    let mut cut = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), partial.read_to_end(&mut cut))
+        .await
+        .expect("a connection with half a request head is closed on SIGTERM")
+        .unwrap();
+    assert!(cut.is_empty(), "{}", String::from_utf8_lossy(&cut));
     s.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut resp = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
