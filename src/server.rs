@@ -153,7 +153,8 @@ async fn drain(mut conn: std::pin::Pin<&mut impl Future>, progress: &Connection)
 const DRAIN_TICK: Duration = Duration::from_millis(100);
 
 /// What a connection's requests share: the app (one reference per connection; see
-/// `web::AppRef`) and the counts its watchdog reads, requests started and finished.
+/// `web::AppRef`) and the counts its watchdog and `drain` read, requests started and
+/// finished.
 pub struct Connection {
     pub(crate) app: Arc<App>,
     started: AtomicU32,

@@ -376,7 +376,7 @@ async fn sigterm_finishes_a_request_in_flight() {
     assert_eq!(&first, b"HTTP/1.1 200 OK");
     // One on which nothing was sent (a browser's preconnect), and one whose request
     // head is still arriving.
-    let mut unused = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
+    let unused = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
     let mut partial = tokio::net::TcpStream::connect(&ab.addr).await.unwrap();
     partial
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: slow\r\n")
@@ -397,24 +397,20 @@ async fn sigterm_finishes_a_request_in_flight() {
         tokio::net::TcpStream::connect(&ab.addr).await.is_err(),
         "the listener is closed after SIGTERM"
     );
-    // The idle connection is closed at once, not kept until the drain timeout: the
-    // rest of its answer, then end of stream, while the sign-in is still in flight.
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest))
-        .await
-        .expect("the idle connection is closed on SIGTERM")
-        .unwrap();
-    let mut nothing = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), unused.read_to_end(&mut nothing))
-        .await
-        .expect("the unused connection is closed on SIGTERM")
-        .unwrap();
+    // The other three are closed at once, not kept until the drain timeout: each gets
+    // the rest of what it was sent, then end of stream, while the sign-in is in flight.
+    async fn closed_soon(mut c: tokio::net::TcpStream, what: &str) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("the {what} connection is closed on SIGTERM"))
+            .unwrap();
+        rest
+    }
+    closed_soon(idle, "idle").await;
+    let nothing = closed_soon(unused, "unused").await;
     assert!(nothing.is_empty(), "{nothing:?}");
-    let mut cut = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), partial.read_to_end(&mut cut))
-        .await
-        .expect("a connection with half a request head is closed on SIGTERM")
-        .unwrap();
+    let cut = closed_soon(partial, "half-sent").await;
     assert!(cut.is_empty(), "{}", String::from_utf8_lossy(&cut));
     s.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut resp = Vec::new();
