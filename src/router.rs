@@ -15,11 +15,19 @@ use crate::web::{self, Ctx, Resp};
 pub async fn route(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
     // The hot path first. Everything else is boxed, so the future every /verify
     // request creates and moves stays small.
+    match verify_style(&req) {
+        Some(style) => verify::verify(ctx, req, style).await,
+        None => Box::pin(route_pages(ctx, req)).await,
+    }
+}
+
+/// `GET` or `HEAD` `/verify` (nginx's style of answer) or `/verify/redirect`.
+pub fn verify_style(req: &Request<Incoming>) -> Option<Style> {
     let read = req.method() == Method::GET || req.method() == Method::HEAD;
     match req.uri().path() {
-        "/verify" if read => verify::verify(ctx, req, Style::Status).await,
-        "/verify/redirect" if read => verify::verify(ctx, req, Style::Redirect).await,
-        _ => Box::pin(route_pages(ctx, req)).await,
+        "/verify" if read => Some(Style::Status),
+        "/verify/redirect" if read => Some(Style::Redirect),
+        _ => None,
     }
 }
 

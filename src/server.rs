@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -21,6 +23,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::app::App;
 use crate::error::AppError;
+use crate::handlers::verify;
 use crate::pages::{self, Message};
 use crate::router;
 use crate::secrets;
@@ -89,7 +92,7 @@ pub async fn run(
         let c = shared.clone();
         let svc = service_fn(move |req| {
             c.started.fetch_add(1, Ordering::Relaxed);
-            handle(c.clone(), peer, surface, req, Finished(c.clone()))
+            answer(&c, peer, surface, req)
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let (stop, stopped) = oneshot::channel();
@@ -134,7 +137,7 @@ pub async fn run(
 /// (a slow or stalled client), which would hold the shutdown until the header-read
 /// watchdog cut it. Such a one is closed at the first look, every `DRAIN_TICK`, that
 /// finds no request being handled.
-async fn drain(mut conn: std::pin::Pin<&mut impl Future>, progress: &Connection) {
+async fn drain(mut conn: Pin<&mut impl Future>, progress: &Connection) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + DRAIN_TICK, DRAIN_TICK);
     loop {
         tokio::select! {
@@ -266,19 +269,57 @@ async fn watch_connection(
     }
 }
 
-async fn handle(
-    conn: Arc<Connection>,
+/// The future hyper is given for one request. A `/verify` the session cache can answer —
+/// the hot path, run before every request of every protected app — is answered here, on
+/// the spot: no async state machine is built for it, moved into the connection and
+/// polled. (`handle`'s is ~4 KB, since it can hold any handler. In a pinned profile this
+/// took ~0.4 µs of user-space CPU off a cached `/verify`, 6.8–7.0 → 6.4 µs.) Everything
+/// else runs `handle`, boxed.
+enum Answer {
+    Now(std::future::Ready<Result<Resp, Infallible>>),
+    Later(Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>),
+}
+
+impl Future for Answer {
+    type Output = Result<Resp, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Now(r) => Pin::new(r).poll(cx),
+            Answer::Later(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+fn answer(
+    conn: &Arc<Connection>,
     peer: SocketAddr,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> Answer {
+    let finished = Finished(conn.clone());
+    let ctx = Ctx::new(web::AppRef(conn.clone()), peer, &req);
+    if surface == Surface::Main {
+        if let Some(style) = router::verify_style(&req) {
+            if let Some(result) = verify::cached(&ctx, &req, style) {
+                let about = About::of(&ctx, &req);
+                let resp = finish(&ctx, about, result);
+                drop(finished);
+                return Answer::Now(std::future::ready(Ok(resp)));
+            }
+        }
+    }
+    Answer::Later(Box::pin(handle(ctx, surface, req, finished)))
+}
+
+async fn handle(
+    ctx: Ctx,
     surface: Surface,
     req: Request<Incoming>,
     _finished: Finished,
 ) -> Result<Resp, Infallible> {
-    let endpoint = crate::metrics::endpoint(req.uri().path());
-    let method = req.method().clone();
-    let path = router::loggable_path(req.uri().path());
-    let ctx = Ctx::new(web::AppRef(conn), peer, &req);
+    let about = About::of(&ctx, &req);
     let app = &ctx.app;
-    let cors = web::cors_origin(req.headers(), req.uri().path(), app);
     // /verify needs no timer of its own: a cached answer is immediate, and a database
     // read is bounded by the pool's and SQLite's busy timeouts.
     let result = if surface == Surface::Metrics {
@@ -289,7 +330,7 @@ async fn handle(
             Ok(r) => r,
             Err(_) => Err(AppError::Timeout),
         }
-    } else if path.starts_with("/verify") {
+    } else if about.path.starts_with("/verify") {
         router::route(&ctx, req).await
     } else {
         let timeout = app.cfg.server.request_timeout.0;
@@ -298,9 +339,41 @@ async fn handle(
             Err(_) => Err(AppError::Timeout),
         }
     };
+    Ok(finish(&ctx, about, result))
+}
+
+/// What the request wrapper notes of a request before it is handled.
+struct About {
+    endpoint: usize,
+    method: hyper::Method,
+    path: std::borrow::Cow<'static, str>,
+    cors: Option<HeaderValue>,
+}
+
+impl About {
+    fn of(ctx: &Ctx, req: &Request<Incoming>) -> About {
+        About {
+            endpoint: crate::metrics::endpoint(req.uri().path()),
+            method: req.method().clone(),
+            path: router::loggable_path(req.uri().path()),
+            cors: web::cors_origin(req.headers(), req.uri().path(), &ctx.app),
+        }
+    }
+}
+
+/// The request wrapper's work on every answer: errors become responses (here only),
+/// CORS and security headers, metrics, the access log line.
+fn finish(ctx: &Ctx, about: About, result: web::Result<Resp>) -> Resp {
+    let app = &ctx.app;
+    let About {
+        endpoint,
+        method,
+        path,
+        cors,
+    } = about;
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => error_response(&ctx, e),
+        Err(e) => error_response(ctx, e),
     };
     if let Some(origin) = cors {
         web::add_cors(&mut resp, origin);
@@ -336,7 +409,7 @@ async fn handle(
     } else {
         access_log!(info);
     }
-    Ok(resp)
+    resp
 }
 
 /// What an error page says at the top (and in its `<title>`): where the user is, in

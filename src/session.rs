@@ -305,40 +305,12 @@ pub async fn current_at(
     t: i64,
     at: Instant,
 ) -> Result<Option<Arc<Signed>>, StoreError> {
-    let Some(hash) = web::session_hash(headers, &app.cfg.cookie.name) else {
-        return Ok(None);
+    let (hash, stale) = match cached_at(app, headers, t, at) {
+        Lookup::Done(r) => return r,
+        Lookup::Read { hash, stale } => (hash, stale),
     };
     let idle = app.cfg.session.idle_timeout.secs();
     let cache = &app.sessions;
-    // Fail closed while revocations cannot be followed (see `SYNC_GRACE`).
-    if !cache.in_sync(at) {
-        return Err(StoreError::Unavailable(
-            "the revocation log has not been readable for a while".into(),
-        ));
-    }
-    // A cached session due to be read again: its assertions carry over if the database
-    // says the same (see `Signed::adopt_tokens`).
-    let mut stale = None;
-    if let Some(e) = cache.get(&hash) {
-        if e.user.user.expires_at <= t {
-            cache.evict(&hash);
-            return Ok(None);
-        }
-        // Idle by what this server saw: the database decides, since the session may have
-        // been in use on another server meanwhile.
-        let idle_here = idle > 0 && e.last_seen_at + idle <= t;
-        if at < e.stale_at && !idle_here {
-            if idle > 0 && t - e.last_seen_at >= touch_every(idle) {
-                cache.set_last_seen(&hash, t);
-                // Off the request path, written in batches.
-                let _ = app.activity.try_send((e.user.user.session_id, t));
-            }
-            return Ok(Some(e.user));
-        }
-        if !idle_here {
-            stale = Some(e.user);
-        }
-    }
     let epoch = cache.epoch.load(Ordering::Acquire);
     let Some(mut s) = app.store.session(hash, t, idle).await? else {
         cache.evict(&hash);
@@ -362,6 +334,61 @@ pub async fn current_at(
     let signed = Arc::new(signed);
     cache.insert(hash, signed.clone(), epoch);
     Ok(Some(signed))
+}
+
+/// What the session cache alone says about a request's session (`cached_at`).
+pub enum Lookup {
+    /// The answer, without the database: no session cookie, a cached session (live; or
+    /// expired, and now evicted), or the cache is out of step with the revocation log.
+    Done(Result<Option<Arc<Signed>>, StoreError>),
+    /// The database has to be read: the session is not cached, is due to be read again
+    /// (`stale`: its assertions may carry over), or is idle by this server's count.
+    Read {
+        hash: Hash,
+        stale: Option<Arc<Signed>>,
+    },
+}
+
+/// The first half of `current_at`, which never waits: `/verify` answers a cached session
+/// without an async handler at all (see `server::Answer`). Side effects only with an
+/// answer (activity recorded, an expired entry evicted), so a `Read` can be followed by
+/// `current_at` for the same request.
+pub fn cached_at(app: &App, headers: &HeaderMap, t: i64, at: Instant) -> Lookup {
+    let Some(hash) = web::session_hash(headers, &app.cfg.cookie.name) else {
+        return Lookup::Done(Ok(None));
+    };
+    let idle = app.cfg.session.idle_timeout.secs();
+    let cache = &app.sessions;
+    // Fail closed while revocations cannot be followed (see `SYNC_GRACE`).
+    if !cache.in_sync(at) {
+        return Lookup::Done(Err(StoreError::Unavailable(
+            "the revocation log has not been readable for a while".into(),
+        )));
+    }
+    // A cached session due to be read again: its assertions carry over if the database
+    // says the same (see `Signed::adopt_tokens`).
+    let mut stale = None;
+    if let Some(e) = cache.get(&hash) {
+        if e.user.user.expires_at <= t {
+            cache.evict(&hash);
+            return Lookup::Done(Ok(None));
+        }
+        // Idle by what this server saw: the database decides, since the session may have
+        // been in use on another server meanwhile.
+        let idle_here = idle > 0 && e.last_seen_at + idle <= t;
+        if at < e.stale_at && !idle_here {
+            if idle > 0 && t - e.last_seen_at >= touch_every(idle) {
+                cache.set_last_seen(&hash, t);
+                // Off the request path, written in batches.
+                let _ = app.activity.try_send((e.user.user.session_id, t));
+            }
+            return Lookup::Done(Ok(Some(e.user)));
+        }
+        if !idle_here {
+            stale = Some(e.user);
+        }
+    }
+    Lookup::Read { hash, stale }
 }
 
 /// Where a server stands in the revocation log, and its id in the store's list of

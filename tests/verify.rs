@@ -346,3 +346,81 @@ async fn sessions_revoked_by_the_cli_stop_working_on_the_running_server() {
     let out = cli(&ab, &["sessions", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 session(s)"));
 }
+
+/// A `/verify` whose session is cached is answered on the spot, without a handler future
+/// (`server::Answer::Now`); one whose session is not cached runs the full handler and
+/// reads the database. After a restart the cache is empty, so the first request takes the
+/// second path and the next ones the first: the answers must be the same (the assertion
+/// minted by the first is reused), for both styles and for a signed-out request, and each
+/// request is counted once in `/metrics`.
+#[tokio::test]
+async fn cached_and_database_answers_agree_and_are_counted() {
+    let (_smtp, ab, cookie) = signed_in().await;
+    let ab = ab.restart();
+    let h = [
+        ("cookie", cookie.as_str()),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.test.localhost"),
+        ("x-forwarded-uri", "/x"),
+    ];
+    let metric = |body: &str, line: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map(|n| n.trim().parse().unwrap())
+            .unwrap_or(0)
+    };
+    let metrics = || async {
+        let r = send(&ab.addr, Method::GET, "/metrics", &[], Bytes::new()).await;
+        assert_eq!(r.status, 200);
+        r.body
+    };
+    let before = metrics().await;
+    assert_eq!(metric(&before, "authbase_sessions_cached "), 0, "{before}");
+    for path in ["/verify", "/verify/redirect"] {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = verify(&ab, path, &h).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert!(r.body.is_empty(), "{path}");
+            let id = |n: &str| r.header(n).map(str::to_string);
+            seen.push((
+                id("x-user-id"),
+                id("x-user-email"),
+                id("x-user-assertion"),
+                r.headers.len(),
+            ));
+        }
+        assert_eq!(seen[0].1.as_deref(), Some("vera@example.com"));
+        assert!(seen[0]
+            .2
+            .as_ref()
+            .is_some_and(|a| a.split('.').count() == 3));
+        assert!(seen.iter().all(|s| *s == seen[0]), "{path}: {seen:?}");
+    }
+    // Not signed in: answered on the spot too (no cookie, nothing to read).
+    let anon = [("x-forwarded-host", "app.test.localhost")];
+    for _ in 0..2 {
+        let r = verify(&ab, "/verify", &anon).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("x-user-id"), None);
+        assert!(r.header("x-auth-redirect").is_some());
+    }
+    let after = metrics().await;
+    assert_eq!(metric(&after, "authbase_sessions_cached "), 1, "{after}");
+    let count = |endpoint: &str, status: &str| {
+        metric(
+            &after,
+            &format!(
+                "authbase_http_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} "
+            ),
+        )
+    };
+    assert_eq!(count("verify", "200"), 3, "{after}");
+    assert_eq!(count("verify_redirect", "200"), 3, "{after}");
+    assert_eq!(count("verify", "401"), 2, "{after}");
+    assert_eq!(
+        metric(&after, "authbase_verify_duration_seconds_count "),
+        8,
+        "{after}"
+    );
+}

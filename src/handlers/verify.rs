@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, LOCATION};
 use hyper::{Request, StatusCode};
 
-use crate::access::RulePolicy;
+use crate::access::{Rule, RulePolicy};
 use crate::error::AppError;
 use crate::forwarded::{self, Original};
 use crate::pages;
@@ -48,6 +48,46 @@ pub enum Style {
 
 pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Result<Resp> {
     let h = req.headers();
+    let (original, rule) = match before_session(ctx, h)? {
+        Before::Answered(r) => return Ok(r),
+        Before::Session(o, rule) => (o, rule),
+    };
+    let now = crate::store::now();
+    let signed = session::current_at(&ctx.app, h, now, ctx.started).await?;
+    answer(ctx, h, style, &original, rule, signed, now)
+}
+
+/// `verify` without waiting, for the hot path (see `server::Answer`): the same answer,
+/// or `None` when it needs the database (a session not cached, or due to be read again).
+/// Until it has an answer it has no side effects, so `verify` can then run in full.
+pub fn cached(ctx: &Ctx, req: &Request<Incoming>, style: Style) -> Option<web::Result<Resp>> {
+    let h = req.headers();
+    let (original, rule) = match before_session(ctx, h) {
+        Ok(Before::Session(o, rule)) => (o, rule),
+        Ok(Before::Answered(r)) => return Some(Ok(r)),
+        Err(e) => return Some(Err(e)),
+    };
+    let now = crate::store::now();
+    let signed = match session::cached_at(&ctx.app, h, now, ctx.started) {
+        session::Lookup::Done(r) => r,
+        session::Lookup::Read { .. } => return None,
+    };
+    Some(
+        signed
+            .map_err(AppError::from)
+            .and_then(|s| answer(ctx, h, style, &original, rule, s, now)),
+    )
+}
+
+/// What `/verify` decides before it looks at the session.
+enum Before<'a> {
+    /// A `bypass` or `deny` rule.
+    Answered(Resp),
+    /// The original request, and the `[access]` rule that matches it, if any.
+    Session(Original<'a>, Option<&'a Rule>),
+}
+
+fn before_session<'a>(ctx: &'a Ctx, h: &'a HeaderMap) -> web::Result<Before<'a>> {
     let original = forwarded::original(h).map_err(|e| {
         tracing::warn!(error = %e, "verify: refusing malformed forwarded headers");
         AppError::BadRequest(e.to_string())
@@ -59,12 +99,23 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
         None
     };
     match rule.map(|r| r.policy) {
-        Some(RulePolicy::Bypass) => return Ok(web::empty(StatusCode::OK)),
-        Some(RulePolicy::Deny) => return forbidden(ctx, &original, None, h),
-        _ => {}
+        Some(RulePolicy::Bypass) => Ok(Before::Answered(web::empty(StatusCode::OK))),
+        Some(RulePolicy::Deny) => forbidden(ctx, &original, None, h).map(Before::Answered),
+        _ => Ok(Before::Session(original, rule)),
     }
-    let now = crate::store::now();
-    if let Some(signed) = session::current_at(&ctx.app, h, now, ctx.started).await? {
+}
+
+/// The answer for the session found (`None`: not signed in).
+fn answer(
+    ctx: &Ctx,
+    h: &HeaderMap,
+    style: Style,
+    original: &Original,
+    rule: Option<&Rule>,
+    signed: Option<std::sync::Arc<session::Signed>>,
+    now: i64,
+) -> web::Result<Resp> {
+    if let Some(signed) = signed {
         let admitted =
             signed.allowed && rule.is_none_or(|r| r.admits(&signed.user.email, &signed.groups));
         if !admitted {
@@ -88,7 +139,7 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
                         .collect::<String>()
                 ),
             );
-            return forbidden(ctx, &original, Some(&signed.user.email), h);
+            return forbidden(ctx, original, Some(&signed.user.email), h);
         }
         let (id, email) = signed
             .headers
@@ -105,8 +156,8 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
             hs.insert(&X_USER_GROUPS, g.clone());
         }
         if ctx.app.cfg.assertion.enabled {
-            let a = crate::assertion::header(&ctx.app, &signed, &original, now)?;
-            r.headers_mut().insert(&X_USER_ASSERTION, a);
+            let a = crate::assertion::header(&ctx.app, &signed, original, now)?;
+            hs.insert(&X_USER_ASSERTION, a);
         }
         // Only the access log line reads it, and for /verify that line is `debug`: an
         // extension costs two allocations, so it is added only when the line is written.
@@ -115,7 +166,7 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
         }
         return Ok(r);
     }
-    let signin = sign_in_url(ctx, &original);
+    let signin = sign_in_url(ctx, original);
     let page = original.is_read() && is_page_request(h);
     let mut r = match style {
         Style::Redirect if page => {
