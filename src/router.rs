@@ -13,11 +13,10 @@ use crate::pages;
 use crate::web::{self, Ctx, Resp};
 
 pub async fn route(ctx: &Ctx, req: Request<Incoming>) -> web::Result<Resp> {
-    // The hot path first. Everything else is boxed, so the future every /verify
-    // request creates and moves stays small.
+    // (A cached `/verify` never gets here: `server::answer` answers it on the spot.)
     match verify_style(&req) {
         Some(style) => verify::verify(ctx, req, style).await,
-        None => Box::pin(route_pages(ctx, req)).await,
+        None => route_pages(ctx, req).await,
     }
 }
 

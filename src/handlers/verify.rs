@@ -58,8 +58,10 @@ pub async fn verify(ctx: &Ctx, req: Request<Incoming>, style: Style) -> web::Res
 }
 
 /// `verify` without waiting, for the hot path (see `server::Answer`): the same answer,
-/// or `None` when it needs the database (a session not cached, or due to be read again).
-/// Until it has an answer it has no side effects, so `verify` can then run in full.
+/// or `None` when it needs the database (a session not cached, due to be read again, or
+/// idle by this server's count). Until it has an answer it has no side effects (no log
+/// line, metric, audit record, eviction or activity write), so `verify` can then run in
+/// full.
 pub fn cached(ctx: &Ctx, req: &Request<Incoming>, style: Style) -> Option<web::Result<Resp>> {
     let h = req.headers();
     let (original, rule) = match before_session(ctx, h) {
