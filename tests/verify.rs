@@ -7,11 +7,16 @@ use common::*;
 use hyper::Method;
 
 async fn signed_in() -> (Smtp, Authbase, String) {
+    signed_in_with("").await
+}
+
+/// `signed_in`, with more config sections.
+async fn signed_in_with(sections: &str) -> (Smtp, Authbase, String) {
     let smtp = Smtp::start();
     let ab = Authbase::start(&test_config(
         smtp.port,
         "",
-        "[cookie]\ndomain = \"test.localhost\"\n",
+        &format!("[cookie]\ndomain = \"test.localhost\"\n{sections}"),
     ));
     let mut b = ab.browser();
     let (_, mail) = request_link(&mut b, &smtp, "vera@example.com").await;
@@ -355,16 +360,7 @@ async fn sessions_revoked_by_the_cli_stop_working_on_the_running_server() {
 /// request is counted once in `/metrics` and logged once.
 #[tokio::test]
 async fn cached_and_database_answers_agree_and_are_counted() {
-    let smtp = Smtp::start();
-    let ab = Authbase::start(&test_config(
-        smtp.port,
-        "",
-        "[cookie]\ndomain = \"test.localhost\"\n[log]\nformat = \"json\"\n",
-    ));
-    let mut b = ab.browser();
-    let (_, mail) = request_link(&mut b, &smtp, "vera@example.com").await;
-    assert_eq!(b.get(&mail.link_path()).await.status, 303);
-    let cookie = format!("session_id={}", b.session().unwrap());
+    let (_smtp, ab, cookie) = signed_in_with("[log]\nformat = \"json\"\n").await;
     let ab = ab.restart();
     let h = [
         ("cookie", cookie.as_str()),
