@@ -112,8 +112,10 @@ def wrk(url, script=None, env=None, duration=DURATION, conns=CONNS, headers=(), 
     cmd.append(url)
     cpu0 = cpu_seconds(pid) if pid else 0
     own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600).stdout
     own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.monotonic() - wall0
     cpu1 = cpu_seconds(pid) if pid else 0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -125,7 +127,10 @@ def wrk(url, script=None, env=None, duration=DURATION, conns=CONNS, headers=(), 
             "socket_errors": errs.group(0) if errs else "", "total": total,
             "us_per_req": (cpu1 - cpu0) / total * 1e6 if pid and total else None,
             # wrk's own CPU time per request: it shares the cores with the server.
-            "wrk_us_per_req": (own1.ru_utime - own0.ru_utime + own1.ru_stime - own0.ru_stime) / total * 1e6 if total else None}
+            "wrk_us_per_req": (own1.ru_utime - own0.ru_utime + own1.ru_stime - own0.ru_stime) / total * 1e6 if total else None,
+            # The share of one core wrk used over the run: near 1 it is the bottleneck
+            # (with --pin it has core 1 to itself, and both sides then measure wrk).
+            "wrk_busy": (own1.ru_utime - own0.ru_utime + own1.ru_stime - own0.ru_stime) / wall}
 
 
 def median(runs):
@@ -275,7 +280,9 @@ def main():
         wb, wv = mid([x["wrk_us_per_req"] for x in bs]), mid([x["wrk_us_per_req"] for x in vs])
         row("server CPU time per /verify, user + kernel (us)", cv, cb, cb / cv, "(for reading)", True,
             "ratio = baseline / authbase: the share of the baseline's speed authbase's own work leaves;"
-            f" wrk's own CPU per request (it shares the cores): {wv:.1f} vs {wb:.1f} us (reading the longer answer)")
+            f" wrk's own CPU per request: {wv:.1f} vs {wb:.1f} us (reading the longer answer)"
+            f"; wrk kept {mid([x['wrk_busy'] for x in vs]):.2f} vs {mid([x['wrk_busy'] for x in bs]):.2f} of a core busy"
+            + (" (its own core: near 1.00 both sides measure wrk)" if PIN else " (on the cores it shares with the server)"))
         # What the signed assertion costs: the same, with `assertion.enabled = false`.
         plain = os.path.join(tmp, "plain")
         os.makedirs(plain)
@@ -481,6 +488,7 @@ def bench_scale(tmp, row, small_port, small_pid, small_tokens):
         + " ".join(f"{y['rps'] / x['rps']:.2f}" for x, y in zip(ss, bs))
         + f"; server CPU per request {per(bs, 'us_per_req'):.1f} vs {per(ss, 'us_per_req'):.1f} us"
         + f", wrk's {per(bs, 'wrk_us_per_req'):.1f} vs {per(ss, 'wrk_us_per_req'):.1f} us"
+        + f" (keeping {per(bs, 'wrk_busy'):.2f} vs {per(ss, 'wrk_busy'):.2f} of a core busy)"
         + f"; the 100k side signed {signs:,.0f} assertions per second of its load (the working set's tokens expire)")
     row("peak RSS under that load (MB)", peak / 1024, None, None, "<= 150 MB", peak / 1024 <= 150)
     stop(abig)
