@@ -376,12 +376,12 @@ impl Store {
         let file: Option<(Arc<Path>, Option<FileId>)> = file;
         let writer = Arc::new(Mutex::new(()));
         let checkpoints = match &file {
-            Some((path, _)) => {
+            Some((path, id)) => {
                 let (tx, rx) = std::sync::mpsc::channel();
-                let (path, writer) = (path.clone(), writer.clone());
+                let (path, id, writer) = (path.clone(), *id, writer.clone());
                 std::thread::Builder::new()
                     .name("authbase-checkpointer".into())
-                    .spawn(move || checkpointer(&path, &writer, rx))
+                    .spawn(move || checkpointer(&path, id, &writer, rx))
                     .map_err(|e| StoreError::Db(format!("cannot start the checkpointer: {e}")))?;
                 Some(tx)
             }
@@ -1130,6 +1130,9 @@ const CHECKPOINT_AGAIN_AT: i64 = 1_000;
 /// WAL size in pages past which the checkpointer, once caught up, finishes holding the
 /// write turn (see `checkpointer`): SQLite's own checkpoint threshold.
 const CHECKPOINT_RESTART_AT: i64 = 1_000;
+/// Pages a checkpoint may have left behind (readers still on them) for the one that
+/// holds the write turn to follow: that one then copies little.
+const CHECKPOINT_LEFT_AT_MOST: i64 = 256;
 
 /// Checkpoints a SQLite database's WAL on its own thread and connection, until `stop`'s
 /// sender is dropped.
@@ -1142,75 +1145,108 @@ const CHECKPOINT_RESTART_AT: i64 = 1_000;
 /// `CHECKPOINT_EVERY`, and again at once after one that copied more than
 /// `CHECKPOINT_AGAIN_AT` pages. The WAL starts over from its beginning only after a
 /// checkpoint that left nothing behind, which a WAL written to all the time never gets:
-/// once a checkpoint had little left to copy (the pages written during the one before),
-/// a WAL past `CHECKPOINT_RESTART_AT` pages gets one more holding this process's write
-/// turn (`writer`), which copies the few written meanwhile, so the WAL stays bounded
-/// and the turn is held briefly. Writers checkpoint themselves only past 10,000 pages,
-/// should this thread fall behind. A busy database is tried again at the next tick.
-fn checkpointer(path: &Path, writer: &Mutex<()>, stop: std::sync::mpsc::Receiver<()>) {
+/// once a checkpoint copied little (the pages written during the one before) and left
+/// little, a WAL past `CHECKPOINT_RESTART_AT` pages gets one more holding this process's
+/// write turn (`writer`). It copies the few pages written meanwhile, and this process's
+/// writers wait for its syncs; the next write then usually starts the WAL over (not
+/// while a reader is still on its pages, nor against other processes' writes).
+/// Writers checkpoint themselves only past 10,000 pages, should this thread fall behind.
+///
+/// The connection is opened again after an error only while the path still names the
+/// file opened at start (`id`, see `Store::check_file`): a replaced file must not get
+/// the old one's WAL.
+fn checkpointer(
+    path: &Path,
+    id: Option<FileId>,
+    writer: &Mutex<()>,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
     let mut conn: Option<Connection> = None;
     let mut failing = false;
     let mut wait = CHECKPOINT_EVERY;
     // Pages the WAL held, and had been copied, after the last checkpoint.
     let mut last = (0, 0);
+    // One warning until the next success.
+    let warn = |failing: &mut bool, what: &str, e: &dyn std::fmt::Display| {
+        if !std::mem::replace(failing, true) {
+            tracing::warn!(error = %e, "checkpointer: {what}");
+        }
+    };
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
         wait = CHECKPOINT_EVERY;
         let c = match conn.take() {
             Some(c) => c,
-            // Never creates the file: a missing database is `check_file`'s to report.
-            None => match Connection::open_with_flags(path, NO_CREATE) {
-                Ok(c) => c,
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "checkpointer: cannot open the database");
-                        failing = true;
+            None => {
+                match file_id(path) {
+                    Ok(now) if now == id => {}
+                    Ok(_) => {
+                        warn(
+                            &mut failing,
+                            "not reopened",
+                            &"the database file was replaced",
+                        );
+                        continue;
                     }
-                    continue;
+                    Err(e) => {
+                        warn(&mut failing, "not reopened", &e);
+                        continue;
+                    }
                 }
-            },
+                // Never creates the file: a missing database is `check_file`'s to report.
+                match Connection::open_with_flags(path, NO_CREATE) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn(&mut failing, "cannot open the database", &e);
+                        continue;
+                    }
+                }
+            }
         };
-        // The WAL's size in pages, and how many of them are now in the database.
+        // `(busy, WAL size in pages, pages of it now in the database)`; busy (1, -1, -1)
+        // when another connection is checkpointing.
         let checkpoint = || {
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })
         };
-        let done = checkpoint().and_then(|(pages, copied)| {
+        let done = checkpoint().and_then(|(busy, pages, copied)| {
+            if busy != 0 {
+                return Ok(None);
+            }
             // A WAL smaller than before was started over: all of it is new.
             let new = if pages >= last.0 {
                 copied - last.1
             } else {
                 copied
             };
-            if pages >= CHECKPOINT_RESTART_AT && new < CHECKPOINT_AGAIN_AT {
+            if pages >= CHECKPOINT_RESTART_AT
+                && 0 < new
+                && new < CHECKPOINT_AGAIN_AT
+                && pages - copied <= CHECKPOINT_LEFT_AT_MOST
+            {
                 let _turn = writer.lock().unwrap_or_else(|e| e.into_inner());
-                return Ok((checkpoint()?, new));
+                let (busy, pages, copied) = checkpoint()?;
+                return Ok((busy == 0).then_some(((pages, copied), new)));
             }
-            Ok(((pages, copied), new))
+            Ok(Some(((pages, copied), new)))
         });
         match done {
-            Ok((now, new)) => {
+            Ok(result) => {
                 failing = false;
                 conn = Some(c);
-                last = now;
-                if new >= CHECKPOINT_AGAIN_AT {
-                    wait = Duration::ZERO;
+                if let Some((now, new)) = result {
+                    last = now;
+                    if new >= CHECKPOINT_AGAIN_AT {
+                        wait = Duration::ZERO;
+                    }
                 }
             }
-            // Another process is checkpointing: next time.
-            Err(rusqlite::Error::SqliteFailure(f, _))
-                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                conn = Some(c);
-            }
-            // Dropped and opened again: a connection to a file since replaced would go
-            // on checkpointing the old one.
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "checkpointer: checkpoint failed");
-                    failing = true;
-                }
-            }
+            // Dropped, and opened again if the file is still the same (above).
+            Err(e) => warn(&mut failing, "checkpoint failed", &e),
         }
     }
 }
@@ -1550,7 +1586,7 @@ mod checkpoint_tests {
     /// WAL: the checkpointer copied it (SQLite alone waits for 1,000 pages of WAL, which
     /// these few rows are far from).
     #[test]
-    fn recent_writes_reach_the_database_file_within_a_second() {
+    fn recent_writes_reach_the_database_file_soon() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let store = Store::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
