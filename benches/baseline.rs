@@ -11,8 +11,17 @@ use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The same request threads as authbase with `server.workers` unset.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(authbase::config::default_workers())
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(serve());
+}
+
+async fn serve() {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9100".into());

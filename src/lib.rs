@@ -131,7 +131,7 @@ pub async fn serve(
     if let Some(a) = api_listener.as_ref().and_then(|l| l.local_addr().ok()) {
         tracing::info!(address = %a, "email API on http://{a}/api/email");
     }
-    tracing::info!(address = %bound, "listening on http://{bound}; open {public}/");
+    tracing::info!(address = %bound, workers = app.cfg.workers(), "listening on http://{bound}; open {public}/");
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -326,12 +326,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tokio runtime: multi-threaded for the server, one thread for admin commands.
-fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut b = if multi {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
+/// The tokio runtime: `workers` request threads for the server (`Config::workers`), one
+/// thread for admin commands (`None`).
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = match workers {
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_current_thread(),
     };
     b.enable_all().build().map_err(|e| {
         eprintln!("authbase: cannot start the runtime: {e}");
@@ -363,7 +367,7 @@ async fn sessions(cfg: &Config, command: SessionsCommand) -> Result<Report, Admi
 
 /// Run an admin command: its output on stdout, a warning or the error on stderr.
 fn run_admin(command: impl Future<Output = Result<Report, AdminError>>) -> ExitCode {
-    let rt = match runtime(false) {
+    let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -386,7 +390,7 @@ fn run_admin(command: impl Future<Output = Result<Report, AdminError>>) -> ExitC
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    let rt = match runtime(true) {
+    let rt = match runtime(Some(cfg.workers())) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

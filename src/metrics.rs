@@ -157,6 +157,8 @@ pub struct Gauges {
     pub sessions_cached: usize,
     pub limiter_keys: usize,
     pub running_servers: i64,
+    /// The runtime's request threads (`server.workers`, resolved).
+    pub workers: usize,
 }
 
 impl Default for Metrics {
@@ -401,6 +403,13 @@ impl Metrics {
             "authbase servers registered on this database with a recent heartbeat.",
         );
         let _ = writeln!(o, "authbase_running_servers {}", g.running_servers);
+        head(
+            &mut o,
+            "authbase_workers",
+            "gauge",
+            "Threads answering requests (server.workers, or half the cores when it is 0).",
+        );
+        let _ = writeln!(o, "authbase_workers {}", g.workers);
         o
     }
 }

@@ -148,6 +148,14 @@ async fn metrics_count_what_happens_and_parse_as_prometheus_text() {
         1.0
     );
     assert_eq!(metric(&m, "authbase_running_servers{}"), 1.0);
+    // `server.workers` unset: half the cores this process may use, rounded up, as the
+    // runtime itself reports them.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        metric(&m, "authbase_workers{}"),
+        cores.div_ceil(2) as f64,
+        "{cores} cores"
+    );
     // Two 200s for one session and host: one assertion signed, then reused.
     assert_eq!(metric(&m, "authbase_assertions_signed_total{}"), 1.0);
     let info = m
@@ -433,4 +441,19 @@ async fn sigterm_finishes_a_request_in_flight() {
     let mails = smtp.wait_for(1).await;
     assert!(mails[0].header("To").unwrap().contains("late@example.com"));
     drop(again);
+}
+
+/// `server.workers` sets the runtime's request threads (read back from the runtime by
+/// `/metrics`), whatever the machine's cores.
+#[tokio::test]
+async fn server_workers_sets_the_request_threads() {
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(smtp.port, "", "[server]\nworkers = 3\n"));
+    let r = send(&ab.addr, Method::GET, "/metrics", &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.lines().any(|l| l == "authbase_workers 3"),
+        "{}",
+        r.body
+    );
 }

@@ -53,6 +53,8 @@ pub async fn metrics(ctx: &Ctx) -> web::Result<Resp> {
         sessions_cached: app.sessions.len(),
         limiter_keys: app.limits.tracked(),
         running_servers,
+        // Read from the runtime itself, not from the configuration.
+        workers: tokio::runtime::Handle::current().metrics().num_workers(),
     });
     let mut r = web::with_type(StatusCode::OK, "text/plain; version=0.0.4", text.into());
     r.headers_mut().insert(
