@@ -42,7 +42,7 @@ pub const MAX_WORKERS: usize = 1024;
 /// throughput; see README, Performance). One core answers ~100,000 `/verify` a second.
 pub fn default_workers() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cores.div_ceil(2).max(1)
+    cores.div_ceil(2)
 }
 
 pub(crate) fn err(key: &str, message: impl Into<String>) -> ConfigError {
@@ -201,6 +201,9 @@ pub struct Derived {
     /// `scheme://host[:port]` of `public_url`, for Origin checks.
     pub public_origin: String,
     pub listen: Option<SocketAddr>,
+    /// `server.workers`, with 0 resolved to `default_workers()` (which reads the
+    /// process's CPU affinity and cgroup quota: once).
+    pub workers: Option<usize>,
     pub trusted_proxies: Vec<IpNet>,
     pub smtp_password: Option<String>,
     /// `database` with the password of `database_password_file` put in (PostgreSQL).
@@ -232,6 +235,7 @@ impl fmt::Debug for Derived {
             .field("public_base", &self.public_base)
             .field("public_origin", &self.public_origin)
             .field("listen", &self.listen)
+            .field("workers", &self.workers)
             .field("trusted_proxies", &self.trusted_proxies)
             .field(
                 "smtp_password",
@@ -956,6 +960,10 @@ impl Config {
                 format!("must be between 0 (automatic) and {MAX_WORKERS}"),
             ));
         }
+        self.derived.workers = Some(match v.workers {
+            0 => default_workers(),
+            n => n,
+        });
         if v.max_connections == 0 || v.max_connections > MAX_CONNECTIONS {
             return Err(err(
                 "server.max_connections",
@@ -1093,10 +1101,7 @@ impl Config {
 
     /// Request threads: `server.workers`, or `default_workers()` when it is 0.
     pub fn workers(&self) -> usize {
-        match self.server.workers {
-            0 => default_workers(),
-            n => n,
-        }
+        self.derived.workers.expect("validated")
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

@@ -364,7 +364,12 @@ impl Store {
                 Ok((pool, follower))
             })?;
             let listener = db::Listener::new(manager, db::REVOCATIONS_CHANNEL);
-            (pool, follower, None, Some(listener))
+            (
+                pool,
+                follower,
+                None::<(Arc<Path>, Option<FileId>)>,
+                Some(listener),
+            )
         } else {
             let path = Path::new(database);
             migrate_sqlite(path, busy_timeout)?;
@@ -373,7 +378,6 @@ impl Store {
             let id = file_id(path).ok().flatten();
             (pool, follower, Some((Arc::from(path), id)), None)
         };
-        let file: Option<(Arc<Path>, Option<FileId>)> = file;
         let writer = Arc::new(Mutex::new(()));
         let checkpoints = match &file {
             Some((path, id)) => {
