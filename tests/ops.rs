@@ -457,3 +457,79 @@ async fn server_workers_sets_the_request_threads() {
         r.body
     );
 }
+
+/// A WAL that grew while a reader held it back (a long backup, an open `sqlite3` shell)
+/// is cut back to `journal_size_limit` once it starts over, instead of keeping its
+/// largest size on disk for good.
+#[tokio::test]
+async fn a_wal_grown_while_a_reader_held_it_is_cut_back_once_it_starts_over() {
+    const LIMIT: u64 = authbase::store::WAL_SIZE_LIMIT as u64;
+    let smtp = Smtp::start();
+    let ab = Authbase::start(&test_config(smtp.port, SQLITE_ONLY, ""));
+    let wal = ab.db_path().with_extension("db-wal");
+    let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+
+    // A reader holds a snapshot: nothing written after it can be checkpointed, so the
+    // WAL cannot start over and grows with every write.
+    let reader = rusqlite::Connection::open(ab.db_path()).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM users;")
+        .unwrap();
+    // Seven messages with a 9 MB attachment (incompressible bytes), each its own
+    // transaction, from the CLI: ~12 MB of WAL apiece once base64-encoded.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..9_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let attachment = ab.dir.path().join("export.bin");
+    std::fs::write(&attachment, &bytes).unwrap();
+    let text = ab.dir.path().join("body.txt");
+    std::fs::write(&text, "Your export is attached.").unwrap();
+    for i in 0..7 {
+        let out = ab.cli(&[
+            "email",
+            "send",
+            "--to",
+            &format!("big{i}@example.com"),
+            "--create-user",
+            "--subject",
+            "Export",
+            "--text",
+            text.to_str().unwrap(),
+            "--attach",
+            attachment.to_str().unwrap(),
+        ]);
+        assert!(out.0.success(), "{out:?}");
+    }
+    let grown = wal_len();
+    assert!(grown > LIMIT, "the WAL grew past the limit: {grown} bytes");
+
+    // The reader lets go; the checkpointer copies the WAL into the database, and the
+    // first commit after the WAL starts over truncates the file. Sign-ins make commits.
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut b = ab.browser();
+    let mut n = 0;
+    while wal_len() > LIMIT && std::time::Instant::now() < deadline {
+        n += 1;
+        let r = b
+            .post_form("/auth", &[("email", &format!("w{n}@example.com"))])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let now = wal_len();
+    assert!(
+        now <= LIMIT,
+        "the WAL is still {now} bytes (it grew to {grown}); limit {LIMIT}"
+    );
+    // Nothing was lost on the way: the seven messages are in the outbox.
+    let rows = ab.sql("SELECT COUNT(*) FROM outbox WHERE kind = 'api'");
+    assert_eq!(rows[0][0].int(), 7);
+}
