@@ -347,6 +347,22 @@ pub async fn sessions_list(
     Ok(out.into())
 }
 
+/// `authbase sessions revoke --id N`: one session, by the id `sessions list` shows.
+pub async fn session_revoke(cfg: &Config, id: i64) -> Result<Report, AdminError> {
+    let store = open(cfg)?;
+    let Some((email, seq)) = store.revoke_session(id, now()).await? else {
+        return Err(AdminError::Input(format!(
+            "no session {id} (see `authbase sessions list`)"
+        )));
+    };
+    Ok(applied(
+        &store,
+        Some(seq),
+        format!("revoked session {id} of {email}\n").into(),
+    )
+    .await)
+}
+
 /// `authbase sessions revoke (--user EMAIL | --all)`.
 pub async fn sessions_revoke(cfg: &Config, user: Option<&str>) -> Result<Report, AdminError> {
     let who = address(user)?;

@@ -216,13 +216,17 @@ enum SessionsCommand {
         json: bool,
     },
     /// Sign out now; waits until running servers have stopped accepting the sessions.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["user", "all", "id"])))]
     Revoke {
         /// The sessions of this address.
-        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        #[arg(long)]
         user: Option<String>,
         /// Every session of every user.
         #[arg(long)]
         all: bool,
+        /// One session, by the ID `sessions list` shows.
+        #[arg(long)]
+        id: Option<i64>,
     },
 }
 
@@ -361,6 +365,7 @@ async fn sessions(cfg: &Config, command: SessionsCommand) -> Result<Report, Admi
         SessionsCommand::List { user, json } => {
             admin::sessions_list(cfg, user.as_deref(), json).await
         }
+        SessionsCommand::Revoke { id: Some(id), .. } => admin::session_revoke(cfg, id).await,
         SessionsCommand::Revoke { user, .. } => admin::sessions_revoke(cfg, user.as_deref()).await,
     }
 }

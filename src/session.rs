@@ -513,6 +513,11 @@ pub async fn follow_revocations(
             } else if let Revoked::Session(hash) = what {
                 // Signed out on another server (or by this one: evicted already).
                 app.sessions.evict(&hash);
+            } else if let Revoked::SessionRevoked(hash) = what {
+                // `sessions revoke --id`: the command waits for this.
+                app.sessions.evict(&hash);
+                tracing::info!("a session revoked by another process");
+                awaited = seq;
             } else if let Revoked::Sessions(user_id) = what {
                 app.sessions.evict_user(user_id);
                 tracing::info!(user_id, "sessions revoked by another process");

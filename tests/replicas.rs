@@ -194,6 +194,27 @@ async fn sign_out_revoke_and_block_on_one_replica_hold_on_all_of_them() {
         assert_eq!(verify(a, &bob).await, 401, "{a} after the CLI returned");
     }
 
+    // `sessions revoke --id`: one of dee's two sessions, cached on every replica, is
+    // refused by all three once the command returns; the other is not.
+    let dee1 = r.sign_in(0, "dee@example.com").await;
+    let dee2 = r.sign_in(2, "dee@example.com").await;
+    for a in &addrs {
+        assert_eq!(verify(a, &dee1).await, 200);
+        assert_eq!(verify(a, &dee2).await, 200);
+    }
+    let out = r.servers[1].cli(&["sessions", "list", "--user", "dee@example.com", "--json"]);
+    assert!(out.0.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_str(&out.1).unwrap();
+    let newest = rows[0]["id"].as_i64().unwrap().to_string();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    let out = r.servers[1].cli(&["sessions", "revoke", "--id", &newest]);
+    assert!(out.0.success(), "{out:?}");
+    assert!(out.1.contains("3 running servers applied it"), "{out:?}");
+    for a in &addrs {
+        assert_eq!(verify(a, &dee2).await, 401, "{a} after the CLI returned");
+        assert_eq!(verify(a, &dee1).await, 200, "{a}: the other session");
+    }
+
     // `users block`.
     let cy = r.sign_in(1, "cy@example.com").await;
     for a in &addrs {

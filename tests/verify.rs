@@ -352,6 +352,109 @@ async fn sessions_revoked_by_the_cli_stop_working_on_the_running_server() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 session(s)"));
 }
 
+/// `sessions revoke --id N` signs out one device: the session with the id `sessions list`
+/// shows ends on the running server before the command returns (it waits for the
+/// server's acknowledgement), the user's other session goes on, it is audited, and an
+/// unknown id is an input error that changes nothing.
+#[tokio::test]
+async fn one_session_revoked_by_id_ends_before_the_command_returns_and_only_it() {
+    let (smtp, ab, first) = signed_in().await;
+    let mut b = ab.browser();
+    let (_, mail) = request_link(&mut b, &smtp, "vera@example.com").await;
+    assert_eq!(b.get(&mail.link_path()).await.status, 303);
+    let second = format!("session_id={}", b.session().unwrap());
+    let h = |c: &str| {
+        [
+            ("cookie", c.to_string()),
+            ("x-forwarded-host", "app.test.localhost".to_string()),
+        ]
+    };
+    let check = |c: String| {
+        let ab = &ab;
+        async move {
+            let h = h(&c);
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            verify(ab, "/verify", &h).await.status
+        }
+    };
+    // Both cached on the server now.
+    assert_eq!(check(first.clone()).await, 200);
+    assert_eq!(check(second.clone()).await, 200);
+
+    let out = cli(&ab, &["sessions", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{rows}");
+    // Newest first: the second browser's session.
+    let newest = ids[0].to_string();
+
+    let out = cli(&ab, &["sessions", "revoke", "--id", &newest]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("revoked session {newest} of vera@example.com")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 running server applied it"), "{stdout}");
+    // The very next request: no waiting.
+    assert_eq!(check(second.clone()).await, 401, "the revoked device");
+    assert_eq!(check(first.clone()).await, 200, "the other device goes on");
+
+    let out = cli(&ab, &["audit", "--event", "sessions_revoked", "--json"]);
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        audit[0]["detail"],
+        format!("1 (session {newest})"),
+        "{audit}"
+    );
+    assert_eq!(audit[0]["email"], "vera@example.com");
+
+    // Again, and an id that never existed: exit 65, nothing changes.
+    for id in [newest.as_str(), "999999"] {
+        let out = cli(&ab, &["sessions", "revoke", "--id", id]);
+        assert_eq!(out.status.code(), Some(65), "{id}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("no session {id}")),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(check(first.clone()).await, 200);
+    // One way to choose at a time; none is an error naming all three.
+    let out = cli(
+        &ab,
+        &[
+            "sessions",
+            "revoke",
+            "--id",
+            &newest,
+            "--user",
+            "vera@example.com",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&ab, &["sessions", "revoke"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--user") && err.contains("--all") && err.contains("--id"),
+        "{err}"
+    );
+}
+
 /// A `/verify` whose session is cached is answered on the spot, without a handler future
 /// (`server::Answer::Now`; its log line says `hot: true`); one whose session is not cached
 /// runs the full handler and reads the database (`hot: false`). After a restart the cache

@@ -116,6 +116,10 @@ pub enum Revoked {
     Sessions(Option<i64>),
     /// Evict the session with this token hash (signed out on another server).
     Session(Hash),
+    /// Evict the session with this token hash, revoked by `sessions revoke --id`, which
+    /// waits for the acknowledgement. Recorded with the user's id: a server of an older
+    /// release, which knows no such kind, evicts all of that user's sessions instead.
+    SessionRevoked(Hash),
     /// Reload the signing keys.
     Keys,
 }
@@ -677,6 +681,39 @@ impl Store {
         .await
     }
 
+    /// Sign out one session by its id (as `list_sessions` shows it): deleted, audited,
+    /// and logged by its token's hash so running servers evict exactly it. Returns the
+    /// address it belonged to and the revocation record's number; `None` when there is
+    /// no such session.
+    pub async fn revoke_session(&self, id: i64, now: i64) -> Result<Option<(String, i64)>> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let Some((hash, user_id, email)) = tx.query_opt(
+                "SELECT s.token_hash, s.user_id, u.email FROM sessions s
+                   JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
+                args![id],
+                |r| Ok((r.get::<Vec<u8>>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?)),
+            )?
+            else {
+                return Ok(None);
+            };
+            tx.execute("DELETE FROM sessions WHERE id = ?1", args![id])?;
+            users::audit_admin(
+                &tx,
+                now,
+                "sessions_revoked",
+                &email,
+                Some(user_id),
+                &format!("1 (session {id})"),
+            )?;
+            let seq =
+                users::record_revocation_kind(&tx, Some(user_id), Some(&hash), now, "one_session")?;
+            tx.commit()?;
+            Ok(Some((email, seq)))
+        })
+        .await
+    }
+
     /// The newest revocation record's number (0 when there is none).
     pub async fn last_revocation(&self) -> Result<i64> {
         self.run(|c| {
@@ -703,11 +740,16 @@ impl Store {
                     let kind: String = r.get(1)?;
                     let what = match kind.as_str() {
                         "keys" => Revoked::Keys,
-                        "session" => {
+                        "session" | "one_session" => {
                             let h: Vec<u8> = r.get(3)?;
-                            Revoked::Session(h.try_into().map_err(|_| {
+                            let h: Hash = h.try_into().map_err(|_| {
                                 StoreError::Db("a revocation with a malformed hash".into())
-                            })?)
+                            })?;
+                            if kind == "session" {
+                                Revoked::Session(h)
+                            } else {
+                                Revoked::SessionRevoked(h)
+                            }
                         }
                         _ => Revoked::Sessions(r.get(2)?),
                     };
@@ -735,7 +777,7 @@ impl Store {
                 "SELECT s.id, u.email, s.created_at, s.last_seen_at, s.expires_at, s.ip, s.user_agent
                    FROM sessions s JOIN users u ON u.id = s.user_id
                   WHERE s.confirmed = 1 AND s.expires_at > ?1 AND (?2 IS NULL OR u.email = ?2)
-                  ORDER BY s.created_at DESC",
+                  ORDER BY s.created_at DESC, s.id DESC",
                 args![now, email], |r| {
                     Ok(SessionRow {
                         id: r.get(0)?,

@@ -102,8 +102,9 @@ pub(crate) fn record_session_end(c: &Db, hash: &[u8], now: i64) -> Result<i64> {
 }
 
 /// A record in the revocation log: `sessions` (evict the user's cached sessions, or all
-/// with `None`), `session` (evict the one with this token hash) or `keys` (reload the
-/// signing keys). On PostgreSQL it also wakes the servers listening (the notification
+/// with `None`), `session` (evict the one with this token hash), `one_session` (the
+/// same, awaited by the admin command that wrote it) or `keys` (reload the signing
+/// keys). On PostgreSQL it also wakes the servers listening (the notification
 /// is delivered when the transaction commits); they read the log itself, so a lost
 /// notification only delays them to their next poll.
 pub(crate) fn record_revocation_kind(
