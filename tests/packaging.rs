@@ -568,3 +568,80 @@ fn kubernetes_manifests_are_valid_and_wired() {
     );
     assert_eq!(cfg["cookie"]["secure"].as_bool(), Some(true));
 }
+
+/// The first fenced block of `lang` after the heading `heading` in README.md.
+fn readme_block(readme: &str, heading: &str, lang: &str) -> String {
+    let at = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no heading {heading:?}"));
+    let rest = &readme[at..];
+    let open = format!("```{lang}\n");
+    let start = rest
+        .find(&open)
+        .unwrap_or_else(|| panic!("no {lang} block under {heading:?}"))
+        + open.len();
+    let len = rest[start..].find("```").expect("a closed block");
+    rest[start..start + len].to_string()
+}
+
+/// The README's proxy snippets are what people copy: each must forward every identity
+/// header the shipped configs forward (those are tested through the real proxies), or an
+/// app behind a copied snippet would miss one, and a client-sent one would not be
+/// replaced. The list comes from the shipped Traefik config's `authResponseHeaders`.
+#[test]
+fn the_readme_proxy_snippets_forward_every_identity_header_the_shipped_configs_do() {
+    let root = repo();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let traefik = read("deploy/traefik/dynamic.yml");
+    let list_at = traefik
+        .find("authResponseHeaders:")
+        .expect("authResponseHeaders in dynamic.yml");
+    let headers: Vec<String> = traefik[list_at..]
+        .lines()
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- ").map(str::to_string))
+        .collect();
+    assert!(
+        headers.len() >= 4 && headers.iter().any(|h| h == "X-User-Assertion"),
+        "{headers:?}"
+    );
+
+    let readme = read("README.md");
+    let nginx = readme_block(&readme, "### nginx", "nginx");
+    let yaml = readme_block(&readme, "### Traefik", "yaml");
+    let caddy = readme_block(&readme, "### Caddy", "caddy");
+    let shipped_nginx = read("deploy/nginx/nginx.conf");
+    let shipped_caddy = read("deploy/caddy/Caddyfile");
+    let copied = |block: &str, h: &str| {
+        block
+            .lines()
+            .filter(|l| l.trim_start().starts_with("copy_headers"))
+            .any(|l| l.split_whitespace().any(|w| w == h))
+    };
+    for h in &headers {
+        let var = format!("$upstream_http_{}", h.to_lowercase().replace('-', "_"));
+        for (name, block) in [("README", &nginx), ("deploy/nginx", &shipped_nginx)] {
+            assert!(
+                block.contains(&var),
+                "{name} nginx: no auth_request_set of {var}"
+            );
+            assert!(
+                block.contains(&format!("proxy_set_header {h} ")),
+                "{name} nginx: {h} not set for the app"
+            );
+        }
+        let responses = yaml
+            .lines()
+            .find(|l| l.contains("authResponseHeaders"))
+            .expect("authResponseHeaders in the README's Traefik snippet");
+        assert!(
+            responses.contains(h.as_str()),
+            "README Traefik: {h} missing: {responses}"
+        );
+        assert!(copied(&caddy, h), "README Caddy: {h} not in copy_headers");
+        assert!(
+            copied(&shipped_caddy, h),
+            "deploy/caddy: {h} not in copy_headers"
+        );
+    }
+}

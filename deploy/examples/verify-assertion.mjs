@@ -3,8 +3,8 @@
 //     node verify-assertion.mjs JWKS_URL ISSUER AUDIENCE TOKEN
 //
 // prints the claims as JSON and exits 0, or prints why not and exits 1. In an app, call
-// `verify(token, audience)` with the X-User-Assertion header and the host the request
-// was for; createRemoteJWKSet caches the keys and refetches for an unknown key id.
+// `verify(token, jwksUrl, issuer, audience)` with the X-User-Assertion header and the
+// host the request was for; createRemoteJWKSet caches the keys and refetches for an unknown key id.
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 
 const sets = new Map();

@@ -4,8 +4,8 @@
     python3 verify_assertion.py JWKS_URL ISSUER AUDIENCE TOKEN
 
 prints the claims as JSON and exits 0, or prints why not and exits 1. In an app, call
-`verify(token, audience)` with the X-User-Assertion header and the host the request was
-for, once per request; the JWKS is fetched once and cached (refetched for a new key id).
+`verify(token, jwks_url, issuer, audience)` with the X-User-Assertion header and the host
+the request was for, once per request; the JWKS is fetched once and cached (refetched for a new key id).
 """
 import json
 import sys
