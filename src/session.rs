@@ -501,27 +501,34 @@ pub async fn follow_revocations(
         };
         let mut complete = true;
         for (seq, what) in rows {
-            if what == Revoked::Keys {
-                // Not acknowledged until it worked: `keys rotate` waits for it.
-                if let Err(e) = reload_keys(&app).await {
-                    tracing::warn!(error = %e, "could not reload the signing keys; retrying");
-                    complete = false;
-                    break;
+            match what {
+                Revoked::Keys => {
+                    // Not acknowledged until it worked: `keys rotate` waits for it.
+                    if let Err(e) = reload_keys(&app).await {
+                        tracing::warn!(error = %e, "could not reload the signing keys; retrying");
+                        complete = false;
+                        break;
+                    }
+                    tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
+                    awaited = seq;
                 }
-                tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
-                awaited = seq;
-            } else if let Revoked::Session(hash) = what {
-                // Signed out on another server (or by this one: evicted already).
-                app.sessions.evict(&hash);
-            } else if let Revoked::SessionRevoked(hash) = what {
-                // `sessions revoke --id`: the command waits for this.
-                app.sessions.evict(&hash);
-                tracing::info!("a session revoked by another process");
-                awaited = seq;
-            } else if let Revoked::Sessions(user_id) = what {
-                app.sessions.evict_user(user_id);
-                tracing::info!(user_id, "sessions revoked by another process");
-                awaited = seq;
+                // Signed out on another server (or by this one: evicted already), or
+                // revoked by `sessions revoke --id`, which waits for the acknowledgement.
+                Revoked::Session {
+                    hash,
+                    awaited: wait,
+                } => {
+                    app.sessions.evict(&hash);
+                    if wait {
+                        tracing::info!("a session revoked by another process");
+                        awaited = seq;
+                    }
+                }
+                Revoked::Sessions(user_id) => {
+                    app.sessions.evict_user(user_id);
+                    tracing::info!(user_id, "sessions revoked by another process");
+                    awaited = seq;
+                }
             }
             seen = seq;
         }

@@ -574,7 +574,10 @@ fn readme_block(readme: &str, heading: &str, lang: &str) -> String {
     let at = readme
         .find(&format!("\n{heading}\n"))
         .unwrap_or_else(|| panic!("README.md has no heading {heading:?}"));
-    let rest = &readme[at..];
+    // Within the section: up to the next heading (`##` or `###`; a `#` at the start of a
+    // line inside a block is a comment).
+    let rest = &readme[at + 1..];
+    let rest = &rest[..rest[1..].find("\n##").map_or(rest.len(), |i| i + 1)];
     let open = format!("```{lang}\n");
     let start = rest
         .find(&open)
@@ -618,16 +621,30 @@ fn the_readme_proxy_snippets_forward_every_identity_header_the_shipped_configs_d
             .filter(|l| l.trim_start().starts_with("copy_headers"))
             .any(|l| l.split_whitespace().any(|w| w == h))
     };
+    // nginx: `auth_request_set $v $upstream_http_x_…;` and `proxy_set_header X-… $v;`
+    // with the same variable, on lines that are not comments.
+    let directive = |block: &str, name: &str, arg: &str| -> Option<String> {
+        block.lines().find_map(|l| {
+            let l = l.split('#').next().unwrap_or("");
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 3 && w[0] == name && w[1..].iter().any(|x| x.trim_end_matches(';') == arg))
+                .then(|| w[1..3].join(" "))
+        })
+    };
     for h in &headers {
-        let var = format!("$upstream_http_{}", h.to_lowercase().replace('-', "_"));
+        let upstream = format!("$upstream_http_{}", h.to_lowercase().replace('-', "_"));
         for (name, block) in [("README", &nginx), ("deploy/nginx", &shipped_nginx)] {
-            assert!(
-                block.contains(&var),
-                "{name} nginx: no auth_request_set of {var}"
-            );
-            assert!(
-                block.contains(&format!("proxy_set_header {h} ")),
-                "{name} nginx: {h} not set for the app"
+            let set = directive(block, "auth_request_set", &upstream)
+                .unwrap_or_else(|| panic!("{name} nginx: no auth_request_set of {upstream}"));
+            let var = set.split_whitespace().next().unwrap().to_string();
+            let sent = directive(block, "proxy_set_header", h)
+                .unwrap_or_else(|| panic!("{name} nginx: {h} not set for the app"));
+            assert_eq!(
+                sent.split_whitespace()
+                    .nth(1)
+                    .map(|v| v.trim_end_matches(';')),
+                Some(var.as_str()),
+                "{name} nginx: {h} is not sent from {var}"
             );
         }
         let responses = yaml

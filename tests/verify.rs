@@ -398,7 +398,10 @@ async fn one_session_revoked_by_id_ends_before_the_command_returns_and_only_it()
     // Newest first: the second browser's session.
     let newest = ids[0].to_string();
 
+    let started = std::time::Instant::now();
     let out = cli(&ab, &["sessions", "revoke", "--id", &newest]);
+    // For reading (not asserted): the command waits for the server's acknowledgement.
+    eprintln!("sessions revoke --id took {:?}", started.elapsed());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

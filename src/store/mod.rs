@@ -114,12 +114,9 @@ pub struct Store {
 pub enum Revoked {
     /// Evict the cached sessions of this user (`None`: of everyone).
     Sessions(Option<i64>),
-    /// Evict the session with this token hash (signed out on another server).
-    Session(Hash),
-    /// Evict the session with this token hash, revoked by `sessions revoke --id`, which
-    /// waits for the acknowledgement. Recorded with the user's id: a server of an older
-    /// release, which knows no such kind, evicts all of that user's sessions instead.
-    SessionRevoked(Hash),
+    /// Evict the session with this token hash: signed out on another server, or revoked
+    /// by `sessions revoke --id`, which waits for the acknowledgement (`awaited`).
+    Session { hash: Hash, awaited: bool },
     /// Reload the signing keys.
     Keys,
 }
@@ -681,8 +678,9 @@ impl Store {
         .await
     }
 
-    /// Sign out one session by its id (as `list_sessions` shows it): deleted, audited,
-    /// and logged by its token's hash so running servers evict exactly it. Returns the
+    /// Sign out one session by its id, one that `list_sessions` shows (confirmed, not
+    /// expired; a pending sign-in is not a session to revoke): deleted, audited, and
+    /// logged by its token's hash so running servers evict exactly it. Returns the
     /// address it belonged to and the revocation record's number; `None` when there is
     /// no such session.
     pub async fn revoke_session(&self, id: i64, now: i64) -> Result<Option<(String, i64)>> {
@@ -690,8 +688,9 @@ impl Store {
             let tx = c.transaction()?;
             let Some((hash, user_id, email)) = tx.query_opt(
                 "SELECT s.token_hash, s.user_id, u.email FROM sessions s
-                   JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
-                args![id],
+                   JOIN users u ON u.id = s.user_id
+                  WHERE s.id = ?1 AND s.confirmed = 1 AND s.expires_at > ?2",
+                args![id, now],
                 |r| Ok((r.get::<Vec<u8>>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?)),
             )?
             else {
@@ -706,8 +705,7 @@ impl Store {
                 Some(user_id),
                 &format!("1 (session {id})"),
             )?;
-            let seq =
-                users::record_revocation_kind(&tx, Some(user_id), Some(&hash), now, "one_session")?;
+            let seq = users::record_session_revoked(&tx, user_id, &hash, now)?;
             tx.commit()?;
             Ok(Some((email, seq)))
         })
@@ -740,15 +738,14 @@ impl Store {
                     let kind: String = r.get(1)?;
                     let what = match kind.as_str() {
                         "keys" => Revoked::Keys,
-                        "session" | "one_session" => {
+                        users::KIND_SESSION | users::KIND_ONE_SESSION => {
                             let h: Vec<u8> = r.get(3)?;
-                            let h: Hash = h.try_into().map_err(|_| {
+                            let hash: Hash = h.try_into().map_err(|_| {
                                 StoreError::Db("a revocation with a malformed hash".into())
                             })?;
-                            if kind == "session" {
-                                Revoked::Session(h)
-                            } else {
-                                Revoked::SessionRevoked(h)
+                            Revoked::Session {
+                                hash,
+                                awaited: kind == users::KIND_ONE_SESSION,
                             }
                         }
                         _ => Revoked::Sessions(r.get(2)?),

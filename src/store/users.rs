@@ -96,9 +96,21 @@ pub(crate) fn record_revocation(c: &Db, user_id: Option<i64>, now: i64) -> Resul
     record_revocation_kind(c, user_id, None, now, "sessions")
 }
 
+/// Kinds of revocation record (see `record_revocation_kind`).
+pub(crate) const KIND_SESSION: &str = "session";
+pub(crate) const KIND_ONE_SESSION: &str = "one_session";
+
 /// A session ended here (signed out): other servers evict it by its token's hash.
 pub(crate) fn record_session_end(c: &Db, hash: &[u8], now: i64) -> Result<i64> {
-    record_revocation_kind(c, None, Some(hash), now, "session")
+    record_revocation_kind(c, None, Some(hash), now, KIND_SESSION)
+}
+
+/// A session revoked by an admin command (`sessions revoke --id`): servers evict it by
+/// its token's hash and acknowledge at once, since the command waits. With the user's
+/// id: a server of an older release, which knows no such kind, reads it as "the
+/// sessions of this user" and evicts them all, which is safe.
+pub(crate) fn record_session_revoked(c: &Db, user_id: i64, hash: &[u8], now: i64) -> Result<i64> {
+    record_revocation_kind(c, Some(user_id), Some(hash), now, KIND_ONE_SESSION)
 }
 
 /// A record in the revocation log: `sessions` (evict the user's cached sessions, or all
@@ -559,9 +571,61 @@ pub(crate) mod tests {
         assert!(s.delete_session(token, now()).await.unwrap());
         let rows = s.revocations_since(before).await.unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].1, crate::store::Revoked::Session(token));
+        assert_eq!(
+            rows[0].1,
+            crate::store::Revoked::Session {
+                hash: token,
+                awaited: false
+            }
+        );
         assert!(!s.delete_session(token, now()).await.unwrap());
         assert_eq!(s.revocations_since(before).await.unwrap().len(), 1);
+    }
+
+    /// `sessions revoke --id` logs the one session by its hash, awaited, and only a
+    /// session that is listed (confirmed, not expired) can be revoked so; the user's other
+    /// session stays.
+    #[tokio::test]
+    async fn one_session_revoked_by_id_is_logged_by_its_hash_and_awaited() {
+        let (_db, s) = store();
+        let keep = signed_in(&s, "ona@example.com").await;
+        let gone = signed_in(&s, "ona@example.com").await;
+        let (pending, _) = request(&s, "ona@example.com").await;
+        let id_of = |h: secrets::Hash| {
+            let s = s.clone();
+            async move { s.session(h, now(), 0).await.unwrap().unwrap().session_id }
+        };
+        let (keep_id, gone_id, pending_id) =
+            (id_of(keep).await, id_of(gone).await, id_of(pending).await);
+        let before = s.last_revocation().await.unwrap();
+        assert_eq!(
+            s.revoke_session(pending_id, now()).await.unwrap(),
+            None,
+            "pending"
+        );
+        let (email, seq) = s.revoke_session(gone_id, now()).await.unwrap().unwrap();
+        assert_eq!(email, "ona@example.com");
+        let rows = s.revocations_since(before).await.unwrap();
+        assert_eq!(
+            rows,
+            vec![(
+                seq,
+                crate::store::Revoked::Session {
+                    hash: gone,
+                    awaited: true
+                }
+            )]
+        );
+        assert!(s.session(gone, now(), 0).await.unwrap().is_none());
+        assert_eq!(
+            s.session(keep, now(), 0).await.unwrap().unwrap().session_id,
+            keep_id
+        );
+        assert_eq!(
+            s.revoke_session(gone_id, now()).await.unwrap(),
+            None,
+            "already gone"
+        );
     }
 
     #[tokio::test]
