@@ -274,6 +274,18 @@ fn cli(ab: &Authbase, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `authbase sessions list --json`: the rows, and the output as printed.
+fn listed_sessions(ab: &Authbase) -> (serde_json::Value, String) {
+    let out = cli(ab, &["sessions", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    (serde_json::from_str(&text).unwrap(), text)
+}
+
 #[tokio::test]
 async fn sessions_revoked_by_the_cli_stop_working_on_the_running_server() {
     let (smtp, ab, cookie) = signed_in().await;
@@ -283,19 +295,10 @@ async fn sessions_revoked_by_the_cli_stop_working_on_the_running_server() {
     ];
     assert_eq!(verify(&ab, "/verify", &h).await.status, 200, "cached now");
 
-    let out = cli(&ab, &["sessions", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (rows, text) = listed_sessions(&ab);
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["email"], "vera@example.com");
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(&cookie[11..]),
-        "no secret listed"
-    );
+    assert!(!text.contains(&cookie[11..]), "no secret listed");
 
     let out = cli(&ab, &["sessions", "revoke", "--user", "VERA@example.com"]);
     assert!(
@@ -381,13 +384,7 @@ async fn one_session_revoked_by_id_ends_before_the_command_returns_and_only_it()
     assert_eq!(check(first.clone()).await, 200);
     assert_eq!(check(second.clone()).await, 200);
 
-    let out = cli(&ab, &["sessions", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (rows, _) = listed_sessions(&ab);
     let ids: Vec<i64> = rows
         .as_array()
         .unwrap()
