@@ -85,17 +85,59 @@ pub enum ForwardedError {
     Conflict,
     #[error("no X-Original-URL or X-Forwarded-Host: the proxy must say which request to check")]
     Missing,
+    #[error("a header spelled like {0} with other separators (X_User_Email, X.User.Email) was sent: some apps read it as {0}, so the request is refused")]
+    IdentityAlias(&'static str),
+}
+
+/// The identity headers `/verify` answers with, which the proxy hands to the app: as
+/// hyper keeps names, and as people write them.
+const IDENTITY: [(&str, &str); 4] = [
+    ("x-user-id", "X-User-Id"),
+    ("x-user-email", "X-User-Email"),
+    ("x-user-groups", "X-User-Groups"),
+    ("x-user-assertion", "X-User-Assertion"),
+];
+
+/// The identity header `n` (lowercase, as hyper keeps names) is an alias of: the same
+/// letters with another separator than `-` in one place at least (`x_user_email`,
+/// `x.user.email`, `x~user-email`). CGI-style servers (PHP, WSGI, Rack) turn every such
+/// character into `_`, so an app may read it as the real header; the proxy configs
+/// delete the underscore spellings, and nginx drops the others, but Traefik and Caddy
+/// pass them through. The correct spelling is not an alias: the proxy replaces it.
+fn identity_alias(n: &str) -> Option<&'static str> {
+    IDENTITY
+        .into_iter()
+        .find(|(k, _)| {
+            k.len() == n.len()
+                && n != *k
+                && k.bytes().zip(n.bytes()).all(|(a, b)| {
+                    if a == b'-' {
+                        !b.is_ascii_alphanumeric()
+                    } else {
+                        a == b
+                    }
+                })
+        })
+        .map(|(_, shown)| shown)
 }
 
 use ForwardedError::Invalid;
 
 /// One pass over the request's headers (every `/verify` makes it; six map lookups
-/// would hash six names): the forwarded ones, each at most once.
+/// would hash six names): the forwarded ones, each at most once; and no alias of an
+/// identity header (`identity_alias`).
 fn fields(h: &HeaderMap) -> Result<Fields<'_>, ForwardedError> {
     let mut f: Fields = [None; 6];
     for (name, value) in h {
         let n = name.as_str();
-        // Ours are 14 to 18 bytes long and start with `x-`: most headers stop here.
+        // All of them start with `x`: most headers stop here.
+        if !n.starts_with('x') {
+            continue;
+        }
+        if let Some(k) = identity_alias(n) {
+            return Err(ForwardedError::IdentityAlias(k));
+        }
+        // Ours are 14 to 18 bytes long and start with `x-`.
         if !(14..=18).contains(&n.len()) || !n.starts_with("x-") {
             continue;
         }
@@ -430,6 +472,49 @@ mod tests {
     }
 
     /// Other headers, repeated or not, and look-alike names do not count.
+    /// Every spelling of an identity header with another separator than `-` is refused
+    /// (an app may read it as the real one); the real spelling, look-alikes of another
+    /// length and other letters are not.
+    #[test]
+    fn aliases_of_the_identity_headers_are_refused() {
+        let url: &[u8] = b"https://app.example.com/";
+        for alias in [
+            "x_user_email",
+            "x.user.email",
+            "x~user~email",
+            "x!user-email",
+            "x-user|email",
+            "x_user-id",
+            "x.user.groups",
+            "x'user'assertion",
+            "x^user^assertion",
+        ] {
+            let name = hyper::header::HeaderName::from_bytes(alias.as_bytes()).unwrap();
+            let mut h = hm(&[("x-original-url", url)]);
+            h.insert(name, HeaderValue::from_static("forged"));
+            let e = original(&h).unwrap_err();
+            assert!(
+                matches!(e, ForwardedError::IdentityAlias(_)),
+                "{alias}: {e:?}"
+            );
+        }
+        for fine in [
+            "x-user-email",
+            "x-user-id",
+            "x-user--id",
+            "x-useremail",
+            "x-users-email",
+            "xuser-email0",
+            "x-forwarded-for",
+        ] {
+            let name = hyper::header::HeaderName::from_bytes(fine.as_bytes()).unwrap();
+            let mut h = hm(&[("x-original-url", url)]);
+            h.insert(name, HeaderValue::from_static("x"));
+            assert!(original(&h).is_ok(), "{fine}");
+        }
+        assert_eq!(identity_alias("x.user.email"), Some("X-User-Email"));
+    }
+
     #[test]
     fn only_the_forwarded_headers_count() {
         let o = parse(&[

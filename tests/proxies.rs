@@ -93,6 +93,18 @@ const FORGED: &[(&str, &str)] = &[
     ("x_user_assertion", "forged.assertion.c"),
 ];
 
+/// Spellings of the identity headers with other separators than `-` and `_`, which a
+/// PHP, WSGI or Rack app reads as the real ones. nginx drops such names, Traefik deletes
+/// aliases of the headers it sets (`aliasHeadersStrategy: delete`), Caddy passes them on
+/// and authbase refuses the `/verify` (400): never do they reach the app.
+const ALIASED: &[(&str, &str)] = &[
+    ("x.user.email", "alias@evil.example"),
+    ("x~user~email", "alias2@evil.example"),
+    ("x!user!id", "996"),
+    ("x.user.assertion", "alias.assertion.a"),
+    ("x.user.groups", "admins"),
+];
+
 async fn full_flow(kind: Kind) {
     let s = stack(kind).await;
     let mut b = s.browser("app");
@@ -182,6 +194,28 @@ async fn full_flow(kind: Kind) {
         assertions[0].starts_with("eyJ") && assertions[0].split('.').count() == 3,
         "{kind:?}: {echo}"
     );
+
+    // Other separators: dropped by the proxy, or the request is refused by authbase.
+    let hits = s.app.hits();
+    let r = b.request(Method::GET, &p, ALIASED, Bytes::new()).await;
+    match kind {
+        Kind::Nginx | Kind::Traefik => {
+            assert_eq!(r.status, 200, "{kind:?}: {}", r.body);
+            let echo = r.json();
+            assert_eq!(
+                seen(&echo, "x-user-email"),
+                vec!["Alice@example.com".to_string()],
+                "{kind:?}: {echo}"
+            );
+            assert_eq!(seen(&echo, "x-user-id"), ids, "{kind:?}: {echo}");
+            assert_eq!(seen(&echo, "x-user-assertion").len(), 1, "{kind:?}: {echo}");
+            assert!(seen(&echo, "x-user-groups").is_empty(), "{kind:?}: {echo}");
+        }
+        Kind::Caddy => {
+            assert_eq!(r.status, 400, "{kind:?}: {}", r.body);
+            assert_eq!(s.app.hits(), hits, "{kind:?}: the app was not reached");
+        }
+    }
 
     // Single sign-on: the other protected host accepts the same session.
     let mut wiki = b.clone();

@@ -114,6 +114,39 @@ async fn not_signed_in_per_style() {
     );
 }
 
+/// A header spelled like an identity header with other separators (`X.User.Email`,
+/// `X_User_Id`) may reach a PHP, WSGI or Rack app as the real one, and Caddy passes such
+/// names on: `/verify` refuses the request (400, naming the header it imitates). The
+/// right spelling is not refused: the proxy replaces it with authbase's value.
+#[tokio::test]
+async fn aliases_of_the_identity_headers_are_refused_with_400() {
+    let (_smtp, ab, cookie) = signed_in().await;
+    let base = [
+        ("cookie", cookie.as_str()),
+        ("x-forwarded-host", "app.test.localhost"),
+    ];
+    for (alias, imitated) in [
+        ("x.user.email", "X-User-Email"),
+        ("x_user_id", "X-User-Id"),
+        ("x~user~assertion", "X-User-Assertion"),
+        ("x!user-groups", "X-User-Groups"),
+    ] {
+        for path in ["/verify", "/verify/redirect"] {
+            let mut h = base.to_vec();
+            h.push((alias, "forged"));
+            let r = verify(&ab, path, &h).await;
+            assert_eq!(r.status, 400, "{path} {alias}: {}", r.body);
+            assert!(r.body.contains(imitated), "{path} {alias}: {}", r.body);
+            assert!(r.header("x-user-email").is_none() && r.header("x-user-id").is_none());
+        }
+    }
+    let mut h = base.to_vec();
+    h.push(("x-user-email", "forged@evil.example"));
+    let r = verify(&ab, "/verify", &h).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-user-email"), Some("vera@example.com"));
+}
+
 #[tokio::test]
 async fn malformed_or_conflicting_forwarded_headers_never_yield_2xx() {
     let (_smtp, ab, cookie) = signed_in().await;

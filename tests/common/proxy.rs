@@ -136,10 +136,14 @@ pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
         .as_array()
         .expect("echo JSON")
         .iter()
+        // Any separator counts: an app may read `X_User_Email` or `X.User.Email` as
+        // `X-User-Email` (CGI-style servers turn each non-alphanumeric into `_`).
         .filter(|p| {
             p[0].as_str()
                 .unwrap()
-                .replace('_', "-")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>()
                 .eq_ignore_ascii_case(name)
         })
         .map(|p| p[1].as_str().unwrap().to_string())
