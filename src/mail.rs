@@ -392,55 +392,152 @@ impl Mailer {
     }
 }
 
-/// The Subject line and decoded text/plain part of a formatted message, for the log
-/// transport (lettre encodes bodies as quoted-printable or base64).
+/// What the log transport prints of a formatted message: its Subject (decoded), its
+/// text/plain part (decoded: lettre encodes bodies as quoted-printable or base64) and
+/// the names of its attachments.
 fn plain_part(raw: &str) -> String {
-    let subject = raw
-        .lines()
-        .find(|l| l.starts_with("Subject: "))
-        .unwrap_or("")
-        .to_string();
-    let Some(start) = raw.find("Content-Type: text/plain") else {
-        return subject;
-    };
-    let part = &raw[start..];
-    let Some(body_at) = part.find("\r\n\r\n") else {
-        return subject;
-    };
-    let headers = &part[..body_at];
-    let body = &part[body_at + 4..];
-    // The part ends at its multipart boundary; a body line may start with "--" too
-    // (a soft-wrapped link whose secret holds "--", say).
-    let end = raw
+    let mut out = format!("Subject: {}", decode_words(&header_value(raw, "Subject")));
+    // Every boundary of the message: the text part ends at the first line that opens
+    // one of them (a body line may start with "--" too: a soft-wrapped link, say).
+    let boundaries: Vec<&str> = raw
         .split("boundary=\"")
+        .skip(1)
+        .filter_map(|b| b.split('"').next())
+        .collect();
+    if let Some(start) = raw.find("Content-Type: text/plain") {
+        let part = &raw[start..];
+        if let Some(body_at) = part.find("\r\n\r\n") {
+            let headers = &part[..body_at];
+            let body = &part[body_at + 4..];
+            let end = boundaries
+                .iter()
+                .filter_map(|b| body.find(&format!("\r\n--{b}")))
+                .min()
+                .unwrap_or(body.len());
+            let body = &body[..end];
+            let decoded = if headers.contains("quoted-printable") {
+                decode_qp(body)
+            } else if headers.contains("base64") {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(body.replace("\r\n", ""))
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_else(|| body.to_string())
+            } else {
+                body.to_string()
+            };
+            out.push_str("\n\n");
+            out.push_str(&decoded.replace("\r\n", "\n"));
+        }
+    }
+    for part in raw.split("Content-Disposition: attachment").skip(1) {
+        out.push_str(&format!("\n[attachment: {}]", attachment_name(part)));
+    }
+    out
+}
+
+/// An attachment's file name from the rest of its Content-Disposition header:
+/// `filename="…"`, or RFC 2231 segments (`filename*0*=utf-8''Bericht%20M%C3%A4rz.pdf`),
+/// which lettre writes for names that are not ASCII.
+fn attachment_name(part: &str) -> String {
+    let head = part.split("\r\n\r\n").next().unwrap_or("");
+    if let Some(n) = head
+        .split("filename=\"")
         .nth(1)
-        .and_then(|b| b.split('"').next())
-        .and_then(|b| body.find(&format!("\r\n--{b}")))
-        .unwrap_or(body.len());
-    let body = &body[..end];
-    let decoded = if headers.contains("quoted-printable") {
-        decode_qp(body)
-    } else if headers.contains("base64") {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD
-            .decode(body.replace("\r\n", ""))
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_else(|| body.to_string())
-    } else {
-        body.to_string()
+        .and_then(|n| n.split('"').next())
+    {
+        return decode_words(n);
+    }
+    let mut encoded = String::new();
+    for seg in head.split("filename*").skip(1) {
+        let Some((_, v)) = seg.split_once('=') else {
+            continue;
+        };
+        let v = v
+            .split([';', '\r', '\n'])
+            .next()
+            .unwrap_or("")
+            .trim_matches('"');
+        encoded.push_str(v.split_once("''").map_or(v, |(_, rest)| rest));
+    }
+    if encoded.is_empty() {
+        return "(no name)".into();
+    }
+    String::from_utf8_lossy(&unescape_hex(&encoded, b'%')).into_owned()
+}
+
+/// A header's value, unfolded (continuation lines joined), from a formatted message's
+/// header section; empty when absent.
+fn header_value(raw: &str, name: &str) -> String {
+    let head = raw.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.split("\r\n");
+    let prefix = format!("{name}: ");
+    let Some(first) = lines.find(|l| l.starts_with(&prefix)) else {
+        return String::new();
     };
-    format!("{subject}\n\n{}", decoded.replace("\r\n", "\n"))
+    let mut v = first[prefix.len()..].to_string();
+    for l in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+        v.push_str(l);
+    }
+    v
+}
+
+/// RFC 2047 encoded words (`=?utf-8?b?…?=`, `=?utf-8?q?…?=`) decoded for display; the
+/// space between two encoded words goes, as the RFC says. Anything else is kept.
+fn decode_words(v: &str) -> String {
+    let word = |t: &str| -> Option<String> {
+        let inner = t.strip_prefix("=?")?.strip_suffix("?=")?;
+        let mut it = inner.splitn(3, '?');
+        let (_charset, enc, text) = (it.next()?, it.next()?, it.next()?);
+        let bytes = match enc {
+            "b" | "B" => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .ok()?
+            }
+            "q" | "Q" => decode_qp(&text.replace('_', " ")).into_bytes(),
+            _ => return None,
+        };
+        String::from_utf8(bytes).ok()
+    };
+    let mut out = String::new();
+    let mut last_was_word = false;
+    for t in v.split([' ', '\t']).filter(|t| !t.is_empty()) {
+        match word(t) {
+            Some(w) => {
+                if !out.is_empty() && !last_was_word {
+                    out.push(' ');
+                }
+                out.push_str(&w);
+                last_was_word = true;
+            }
+            None => {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(t);
+                last_was_word = false;
+            }
+        }
+    }
+    out
 }
 
 /// Decode a quoted-printable body (soft line breaks and `=XX` escapes).
 pub fn decode_qp(s: &str) -> String {
-    let s = s.replace("=\r\n", "");
+    String::from_utf8_lossy(&unescape_hex(&s.replace("=\r\n", ""), b'=')).into_owned()
+}
+
+/// `s` with each `marker` followed by two hex digits replaced by that byte (`=C3` in
+/// quoted-printable, `%C3` in RFC 2231 parameters); anything else is kept as it is.
+fn unescape_hex(s: &str, marker: u8) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'=' && i + 2 < b.len() {
+        if b[i] == marker {
             if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
                 out.push(v);
                 i += 3;
@@ -450,5 +547,77 @@ pub fn decode_qp(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compose::{compose, Attachment, Draft};
+    use super::*;
+
+    struct NoEnv;
+    impl crate::config::Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    /// The log transport shows a message with attachments as its decoded subject, its
+    /// text part only (not the HTML part, no boundary line) and the attachments' names.
+    #[test]
+    fn the_log_transport_shows_subject_text_and_attachment_names() {
+        let cfg = crate::config::Config::from_toml(
+            "[email]\nsender_address = \"no-reply@acme.test\"\n",
+            &NoEnv,
+        )
+        .unwrap();
+        let d = Draft {
+            to: "ann@example.com".into(),
+            subject: "Your export is ready ✓".into(),
+            text: Some("Hello,\nyour export is attached.\n--\nAcme".into()),
+            html: Some("<p>Hello, HTML</p>".into()),
+            attachments: vec![
+                Attachment {
+                    filename: "export.csv".into(),
+                    content_type: "text/csv".into(),
+                    content: b"a,b\n1,2\n".to_vec(),
+                },
+                Attachment {
+                    filename: "Bericht März.pdf".into(),
+                    content_type: "application/pdf".into(),
+                    content: vec![0x25, 0x50, 0x44, 0x46],
+                },
+            ],
+            ..Draft::default()
+        };
+        let m = compose(&cfg, &d, std::time::UNIX_EPOCH, &[1; 16]).unwrap();
+        let shown = plain_part(&String::from_utf8(m.raw).unwrap());
+        assert!(
+            shown.starts_with(
+                "Subject: Your export is ready ✓\n\nHello,\nyour export is attached.\n--\nAcme"
+            ),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("HTML") && !shown.contains("boundary"),
+            "{shown}"
+        );
+        assert!(shown.contains("[attachment: export.csv]"), "{shown}");
+        assert!(shown.contains("[attachment: Bericht März.pdf]"), "{shown}");
+    }
+
+    #[test]
+    fn encoded_words_are_decoded_for_display() {
+        assert_eq!(decode_words("Plain subject"), "Plain subject");
+        assert_eq!(
+            decode_words("Ihr Export ist fertig =?utf-8?b?4pyT?="),
+            "Ihr Export ist fertig ✓"
+        );
+        assert_eq!(
+            decode_words("=?utf-8?q?M=C3=A4rz_2026?= ok"),
+            "März 2026 ok"
+        );
+        assert_eq!(decode_words("=?utf-8?b?4pyT?= =?utf-8?b?4pyT?="), "✓✓");
+        assert_eq!(decode_words("=?utf-8?x?bad?="), "=?utf-8?x?bad?=");
+    }
 }
