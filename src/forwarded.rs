@@ -471,7 +471,6 @@ mod tests {
         }
     }
 
-    /// Other headers, repeated or not, and look-alike names do not count.
     /// Every spelling of an identity header with another separator than `-` is refused
     /// (an app may read it as the real one); the real spelling, look-alikes of another
     /// length and other letters are not.
@@ -515,6 +514,7 @@ mod tests {
         assert_eq!(identity_alias("x.user.email"), Some("X-User-Email"));
     }
 
+    /// Other headers, repeated or not, and look-alike names do not count.
     #[test]
     fn only_the_forwarded_headers_count() {
         let o = parse(&[

@@ -393,94 +393,184 @@ impl Mailer {
 }
 
 /// What the log transport prints of a formatted message: its Subject (decoded), its
-/// text/plain part (decoded: lettre encodes bodies as quoted-printable or base64) and
-/// the names of its attachments.
+/// first text/plain part that is not an attachment (decoded: lettre encodes bodies as
+/// quoted-printable or base64) and the names of its attachments, found by walking the
+/// MIME structure (boundaries only from `Content-Type` headers).
 fn plain_part(raw: &str) -> String {
-    let mut out = format!("Subject: {}", decode_words(&header_value(raw, "Subject")));
-    // Every boundary of the message: the text part ends at the first line that opens
-    // one of them (a body line may start with "--" too: a soft-wrapped link, say).
-    let boundaries: Vec<&str> = raw
-        .split("boundary=\"")
-        .skip(1)
-        .filter_map(|b| b.split('"').next())
-        .collect();
-    if let Some(start) = raw.find("Content-Type: text/plain") {
-        let part = &raw[start..];
-        if let Some(body_at) = part.find("\r\n\r\n") {
-            let headers = &part[..body_at];
-            let body = &part[body_at + 4..];
-            let end = boundaries
-                .iter()
-                .filter_map(|b| body.find(&format!("\r\n--{b}")))
-                .min()
-                .unwrap_or(body.len());
-            let body = &body[..end];
-            let decoded = if headers.contains("quoted-printable") {
-                decode_qp(body)
-            } else if headers.contains("base64") {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD
-                    .decode(body.replace("\r\n", ""))
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .unwrap_or_else(|| body.to_string())
-            } else {
-                body.to_string()
-            };
-            out.push_str("\n\n");
-            out.push_str(&decoded.replace("\r\n", "\n"));
-        }
+    let (head, body) = split_head(raw);
+    let mut out = format!("Subject: {}", decode_words(&header_value(head, "Subject")));
+    let mut text = None;
+    let mut attachments = Vec::new();
+    walk(head, body, &mut text, &mut attachments, 0);
+    if let Some(t) = text {
+        out.push_str("\n\n");
+        out.push_str(&t.replace("\r\n", "\n"));
     }
-    for part in raw.split("Content-Disposition: attachment").skip(1) {
-        out.push_str(&format!("\n[attachment: {}]", attachment_name(part)));
+    for a in attachments {
+        out.push_str(&format!("\n[attachment: {a}]"));
     }
     out
 }
 
-/// An attachment's file name from the rest of its Content-Disposition header:
-/// `filename="…"`, or RFC 2231 segments (`filename*0*=utf-8''Bericht%20M%C3%A4rz.pdf`),
-/// which lettre writes for names that are not ASCII.
-fn attachment_name(part: &str) -> String {
-    let head = part.split("\r\n\r\n").next().unwrap_or("");
-    if let Some(n) = head
-        .split("filename=\"")
-        .nth(1)
-        .and_then(|n| n.split('"').next())
-    {
-        return decode_words(n);
+/// A part's header section and body.
+fn split_head(part: &str) -> (&str, &str) {
+    match part.find("\r\n\r\n") {
+        Some(i) => (&part[..i], &part[i + 4..]),
+        None => (part, ""),
     }
-    let mut encoded = String::new();
-    for seg in head.split("filename*").skip(1) {
-        let Some((_, v)) = seg.split_once('=') else {
-            continue;
-        };
-        let v = v
-            .split([';', '\r', '\n'])
-            .next()
-            .unwrap_or("")
-            .trim_matches('"');
-        encoded.push_str(v.split_once("''").map_or(v, |(_, rest)| rest));
-    }
-    if encoded.is_empty() {
-        return "(no name)".into();
-    }
-    String::from_utf8_lossy(&unescape_hex(&encoded, b'%')).into_owned()
 }
 
-/// A header's value, unfolded (continuation lines joined), from a formatted message's
-/// header section; empty when absent.
-fn header_value(raw: &str, name: &str) -> String {
-    let head = raw.split("\r\n\r\n").next().unwrap_or("");
+/// Collect the first text part and the attachments' names of one MIME part.
+fn walk(
+    head: &str,
+    body: &str,
+    text: &mut Option<String>,
+    attachments: &mut Vec<String>,
+    depth: u8,
+) {
+    let ct = header_value(head, "Content-Type");
+    let disposition = header_value(head, "Content-Disposition");
+    if disposition.trim_start().starts_with("attachment") {
+        attachments.push(attachment_name(&disposition));
+        return;
+    }
+    if ct.starts_with("multipart/") {
+        let Some(boundary) = params(&ct)
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))
+            .map(|(_, v)| v)
+            .filter(|b| !b.is_empty())
+        else {
+            return;
+        };
+        if depth >= 8 {
+            return;
+        }
+        // Delimiters are whole lines: "--boundary" after a line break ("--boundary--"
+        // closes). A body line that merely starts with "--" is not one.
+        let body = format!("\r\n{body}");
+        for chunk in body.split(&format!("\r\n--{boundary}")).skip(1) {
+            if chunk.starts_with("--") {
+                break;
+            }
+            let part = chunk.split_once("\r\n").map_or("", |(_, p)| p);
+            let (h, b) = split_head(part);
+            walk(h, b, text, attachments, depth + 1);
+        }
+    } else if text.is_none() && (ct.is_empty() || ct.starts_with("text/plain")) {
+        let cte = header_value(head, "Content-Transfer-Encoding").to_ascii_lowercase();
+        *text = Some(if cte == "quoted-printable" {
+            decode_qp(body)
+        } else if cte == "base64" {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(body.replace("\r\n", ""))
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_else(|| body.to_string())
+        } else {
+            body.to_string()
+        });
+    }
+}
+
+/// A header's value, unfolded (continuation lines joined), from a header section;
+/// empty when absent.
+fn header_value(head: &str, name: &str) -> String {
     let mut lines = head.split("\r\n");
-    let prefix = format!("{name}: ");
-    let Some(first) = lines.find(|l| l.starts_with(&prefix)) else {
+    let Some(first) = lines.find(|l| {
+        l.split_once(':')
+            .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+    }) else {
         return String::new();
     };
-    let mut v = first[prefix.len()..].to_string();
+    let mut v = first[name.len() + 1..].trim_start().to_string();
     for l in lines.take_while(|l| l.starts_with([' ', '\t'])) {
         v.push_str(l);
     }
     v
+}
+
+/// The `name=value` parameters after a header value's first `;`, quoted strings
+/// unquoted (`\"` and `\\` unescaped).
+fn params(v: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some((_, mut rest)) = v.split_once(';') else {
+        return out;
+    };
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        let Some((name, after)) = rest.split_once('=') else {
+            return out;
+        };
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = q.char_indices();
+            let mut end = q.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, e)) = chars.next() {
+                            value.push(e);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &q[end..])
+        } else {
+            let end = after.find(';').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        out.push((name.trim().to_ascii_lowercase(), value));
+        rest = next;
+    }
+}
+
+/// An attachment's file name from its Content-Disposition value: `filename="…"`, or
+/// RFC 2231 segments, which lettre writes for long names (`filename*0="…"`) and for
+/// names that are not ASCII (`filename*0*=utf-8''Bericht%20M%C3%A4rz.pdf`).
+fn attachment_name(disposition: &str) -> String {
+    let ps = params(disposition);
+    if let Some((_, n)) = ps.iter().find(|(k, _)| k == "filename") {
+        return decode_words(n);
+    }
+    // `filename*` (one extended segment) or `filename*N` / `filename*N*`, in order.
+    let mut segments: Vec<(u32, bool, &str)> = ps
+        .iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("filename*")?;
+            let (n, extended) = match rest.strip_suffix('*') {
+                Some(n) => (n, true),
+                None if rest.is_empty() => ("0", true),
+                None => (rest, false),
+            };
+            Some((n.parse().ok()?, extended, v.as_str()))
+        })
+        .collect();
+    if segments.is_empty() {
+        return "(no name)".into();
+    }
+    segments.sort_by_key(|s| s.0);
+    let mut bytes = Vec::new();
+    for (i, (_, extended, v)) in segments.into_iter().enumerate() {
+        if extended {
+            // The first extended segment starts with `charset'language'`.
+            let v = if i == 0 {
+                v.splitn(3, '\'').nth(2).unwrap_or(v)
+            } else {
+                v
+            };
+            bytes.extend(unescape_hex(v, b'%'));
+        } else {
+            bytes.extend_from_slice(v.as_bytes());
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// RFC 2047 encoded words (`=?utf-8?b?…?=`, `=?utf-8?q?…?=`) decoded for display; the
@@ -538,7 +628,10 @@ fn unescape_hex(s: &str, marker: u8) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == marker {
-            if let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+            let hex = s
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()));
+            if let Some(Ok(v)) = hex.map(|h| u8::from_str_radix(h, 16)) {
                 out.push(v);
                 i += 3;
                 continue;
@@ -555,55 +648,105 @@ mod tests {
     use super::compose::{compose, Attachment, Draft};
     use super::*;
 
-    struct NoEnv;
-    impl crate::config::Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
+    use crate::config::tests::NoEnv;
+
+    fn cfg() -> crate::config::Config {
+        crate::config::Config::from_toml(
+            "[email]\nsender_address = \"no-reply@acme.test\"\n",
+            &NoEnv,
+        )
+        .unwrap()
+    }
+
+    fn attachment(name: &str, content_type: &str, content: &[u8]) -> Attachment {
+        Attachment {
+            filename: name.into(),
+            content_type: content_type.into(),
+            content: content.to_vec(),
         }
+    }
+
+    /// What the log transport shows of `d`, composed as the API composes, and the
+    /// message's boundaries (none may show up as a line).
+    fn shown(d: &Draft) -> (String, Vec<String>) {
+        let raw = String::from_utf8(
+            compose(&cfg(), d, std::time::UNIX_EPOCH, &[1; 16])
+                .unwrap()
+                .raw,
+        )
+        .unwrap();
+        let boundaries = raw
+            .split("boundary=\"")
+            .skip(1)
+            .filter_map(|b| b.split('"').next())
+            .filter(|b| !b.is_empty())
+            .map(String::from)
+            .collect();
+        (plain_part(&raw), boundaries)
     }
 
     /// The log transport shows a message with attachments as its decoded subject, its
     /// text part only (not the HTML part, no boundary line) and the attachments' names.
     #[test]
     fn the_log_transport_shows_subject_text_and_attachment_names() {
-        let cfg = crate::config::Config::from_toml(
-            "[email]\nsender_address = \"no-reply@acme.test\"\n",
-            &NoEnv,
-        )
-        .unwrap();
+        let long = format!("{}100%41; final.pdf", "quarterly-report-".repeat(4));
         let d = Draft {
             to: "ann@example.com".into(),
-            subject: "Your export is ready ✓".into(),
-            text: Some("Hello,\nyour export is attached.\n--\nAcme".into()),
+            subject: "Your export is ready ✓ boundary=\"\"".into(),
+            text: Some(
+                "Hello,\nyour export is attached.\nContent-Disposition: attachment\n--\nAcme"
+                    .into(),
+            ),
             html: Some("<p>Hello, HTML</p>".into()),
             attachments: vec![
-                Attachment {
-                    filename: "export.csv".into(),
-                    content_type: "text/csv".into(),
-                    content: b"a,b\n1,2\n".to_vec(),
-                },
-                Attachment {
-                    filename: "Bericht März.pdf".into(),
-                    content_type: "application/pdf".into(),
-                    content: vec![0x25, 0x50, 0x44, 0x46],
-                },
+                attachment("export.csv", "text/csv", b"a,b\n1,2\n"),
+                attachment("Bericht März.pdf", "application/pdf", b"%PDF"),
+                attachment(&long, "application/pdf", b"%PDF"),
             ],
             ..Draft::default()
         };
-        let m = compose(&cfg, &d, std::time::UNIX_EPOCH, &[1; 16]).unwrap();
-        let shown = plain_part(&String::from_utf8(m.raw).unwrap());
+        let (shown, boundaries) = shown(&d);
         assert!(
             shown.starts_with(
-                "Subject: Your export is ready ✓\n\nHello,\nyour export is attached.\n--\nAcme"
+                "Subject: Your export is ready ✓ boundary=\"\"\n\nHello,\nyour export is attached.\nContent-Disposition: attachment\n--\nAcme\n"
             ),
             "{shown}"
         );
-        assert!(
-            !shown.contains("HTML") && !shown.contains("boundary"),
+        assert!(!shown.contains("HTML"), "{shown}");
+        assert_eq!(boundaries.len(), 2);
+        for b in &boundaries {
+            assert!(
+                !shown.lines().any(|l| l.starts_with(&format!("--{b}"))),
+                "{shown}"
+            );
+        }
+        let names: Vec<&str> = shown
+            .lines()
+            .filter_map(|l| l.strip_prefix("[attachment: ")?.strip_suffix(']'))
+            .collect();
+        assert_eq!(
+            names,
+            ["export.csv", "Bericht März.pdf", long.as_str()],
             "{shown}"
         );
-        assert!(shown.contains("[attachment: export.csv]"), "{shown}");
-        assert!(shown.contains("[attachment: Bericht März.pdf]"), "{shown}");
+    }
+
+    /// An HTML-only message: a text/plain attachment is listed, not shown as the text.
+    #[test]
+    fn a_text_attachment_is_not_taken_for_the_text() {
+        let d = Draft {
+            to: "ann@example.com".into(),
+            subject: "Logs".into(),
+            html: Some("<p>See the log</p>".into()),
+            attachments: vec![attachment(
+                "server.log",
+                "text/plain",
+                b"secret-looking log line",
+            )],
+            ..Draft::default()
+        };
+        let (shown, _) = shown(&d);
+        assert_eq!(shown, "Subject: Logs\n[attachment: server.log]");
     }
 
     #[test]

@@ -90,13 +90,7 @@ mod tests {
             extra.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(",")
         );
         t.push_str(&format!("[cookie]\ndomain = \"{domain}\"\nsecure = true\n"));
-        struct NoEnv;
-        impl crate::config::Env for NoEnv {
-            fn var(&self, _: &str) -> Option<String> {
-                None
-            }
-        }
-        Config::from_toml(&t, &NoEnv).unwrap()
+        Config::from_toml(&t, &crate::config::tests::NoEnv).unwrap()
     }
 
     #[test]

@@ -484,12 +484,7 @@ pub fn security_headers(r: &mut Resp, csp: &HeaderValue) {
 mod tests {
     use super::*;
 
-    struct NoEnv;
-    impl crate::config::Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use crate::config::tests::NoEnv;
 
     fn cfg(secure: bool) -> Config {
         let scheme = if secure { "https" } else { "http" };

@@ -558,7 +558,7 @@ fn kubernetes_manifests_are_valid_and_wired() {
     );
     assert_eq!(
         s(&a["nginx.ingress.kubernetes.io/auth-response-headers"]),
-        "X-User-Id,X-User-Email,X-User-Groups"
+        "X-User-Id,X-User-Email,X-User-Groups,X-User-Assertion"
     );
     let cookie_domain = cfg["cookie"]["domain"].as_str().unwrap();
     let app_host = s(&app["spec"]["rules"][0]["host"]);
@@ -590,7 +590,8 @@ fn readme_block(readme: &str, heading: &str, lang: &str) -> String {
 /// The README's proxy snippets are what people copy: each must forward every identity
 /// header the shipped configs forward (those are tested through the real proxies), or an
 /// app behind a copied snippet would miss one, and a client-sent one would not be
-/// replaced. The list comes from the shipped Traefik config's `authResponseHeaders`.
+/// replaced. The list comes from the shipped Traefik config's `authResponseHeaders`; the
+/// Kubernetes Ingress (and its README copy) must name them all in `auth-response-headers`.
 #[test]
 fn the_readme_proxy_snippets_forward_every_identity_header_the_shipped_configs_do() {
     let root = repo();
@@ -615,6 +616,23 @@ fn the_readme_proxy_snippets_forward_every_identity_header_the_shipped_configs_d
     let caddy = readme_block(&readme, "### Caddy", "caddy");
     let shipped_nginx = read("deploy/nginx/nginx.conf");
     let shipped_caddy = read("deploy/caddy/Caddyfile");
+    let ingress = read("deploy/kubernetes/ingress-app.yaml");
+    let annotation = |block: &str| -> Vec<String> {
+        block
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("nginx.ingress.kubernetes.io/auth-response-headers:")
+            })
+            .map(|v| {
+                v.trim()
+                    .trim_matches('"')
+                    .split(',')
+                    .map(|h| h.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let copied = |block: &str, h: &str| {
         block
             .lines()
@@ -660,5 +678,14 @@ fn the_readme_proxy_snippets_forward_every_identity_header_the_shipped_configs_d
             copied(&shipped_caddy, h),
             "deploy/caddy: {h} not in copy_headers"
         );
+        for (name, block) in [
+            ("deploy/kubernetes", &ingress),
+            ("README Kubernetes", &readme),
+        ] {
+            assert!(
+                annotation(block).contains(h),
+                "{name}: {h} not in auth-response-headers"
+            );
+        }
     }
 }

@@ -91,7 +91,14 @@ enum Before<'a> {
 
 fn before_session<'a>(ctx: &'a Ctx, h: &'a HeaderMap) -> web::Result<Before<'a>> {
     let original = forwarded::original(h).map_err(|e| {
-        tracing::warn!(error = %e, "verify: refusing malformed forwarded headers");
+        // An imitated identity header is the client's doing (any client can send one
+        // through a proxy that passes it on): not worth a warning per request. The rest
+        // come from the proxy's configuration.
+        if matches!(e, forwarded::ForwardedError::IdentityAlias(_)) {
+            tracing::debug!(error = %e, "verify: refusing an imitated identity header");
+        } else {
+            tracing::warn!(error = %e, "verify: refusing malformed forwarded headers");
+        }
         AppError::BadRequest(e.to_string())
     })?;
     let policy = &ctx.app.cfg.derived.access;

@@ -300,12 +300,7 @@ pub fn compose(
 mod tests {
     use super::*;
 
-    struct NoEnv;
-    impl crate::config::Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use crate::config::tests::NoEnv;
 
     fn cfg() -> Config {
         Config::from_toml(
