@@ -873,6 +873,25 @@ impl Config {
                 "is true but public_url is not https: browsers would never send the cookie",
             ));
         }
+        // Name prefixes (RFC 6265bis; browsers match them in any case): a `__Secure-`
+        // cookie without `Secure` is dropped, a `__Host-` one also with a `Domain`. The
+        // sign-in would then seem to work and never stick.
+        let lower = c.name.to_ascii_lowercase();
+        if (lower.starts_with("__secure-") || lower.starts_with("__host-")) && !c.secure {
+            return Err(err(
+                "cookie.name",
+                format!(
+                    "`{}` needs cookie.secure = true: browsers drop a cookie of that prefix without Secure",
+                    c.name
+                ),
+            ));
+        }
+        if lower.starts_with("__host-") && self.derived.cookie_domain.is_some() {
+            return Err(err(
+                "cookie.name",
+                "a `__Host-` cookie cannot have a cookie.domain (browsers drop it): leave cookie.domain empty, or use a `__Secure-` name",
+            ));
+        }
         self.derived.branding = crate::branding::Branding::compile(
             &self.branding,
             &self.derived.public_base,
@@ -1091,6 +1110,9 @@ impl Config {
         }
         if self.derived.access.open_sign_up() {
             w.push("[access] allowed_domains and allowed_emails are empty: ANYONE with an email address can sign in (open sign-up)".into());
+        }
+        if self.derived.api_listen.is_some() && self.derived.api_token_hash.is_none() {
+            w.push("api.listen is set but there is no API token (api.token_file or AUTHBASE_API_TOKEN): the email API is off".into());
         }
         if self.cookie.same_site == "strict" {
             w.push("cookie.same_site = \"strict\": a link clicked in webmail arrives without the cookie, so it opens the \"other device\" page".into());
@@ -1362,6 +1384,44 @@ pub(crate) mod tests {
             assert_eq!(e.key, "server.max_connections", "{bad}: {e}");
         }
         assert!(Config::from_toml("[server]\nmax_connections = 1000000\n", &NoEnv).is_ok());
+    }
+
+    /// `__Secure-` and `__Host-` names need what browsers require of them.
+    #[test]
+    fn cookie_name_prefixes_need_secure_and_host_no_domain() {
+        let base = "public_url = \"https://auth.example.com\"\nredirect_url = \"https://app.example.com/\"\n";
+        for (cookie, bad) in [
+            (
+                "name = \"__Host-sid\"\nsecure = false",
+                Some("cookie.secure = true"),
+            ),
+            (
+                "name = \"__secure-sid\"\nsecure = false",
+                Some("cookie.secure = true"),
+            ),
+            (
+                "name = \"__Host-sid\"\nsecure = true\ndomain = \"example.com\"",
+                Some("cannot have a cookie.domain"),
+            ),
+            ("name = \"__Host-sid\"\nsecure = true", None),
+            (
+                "name = \"__Secure-sid\"\nsecure = true\ndomain = \"example.com\"",
+                None,
+            ),
+            ("name = \"Host-sid\"\nsecure = false", None),
+        ] {
+            let r = Config::from_toml(&format!("{base}[cookie]\n{cookie}\n"), &NoEnv);
+            match bad {
+                Some(want) => {
+                    let e = r.unwrap_err().to_string();
+                    assert!(
+                        e.contains("cookie.name") && e.contains(want),
+                        "{cookie}: {e}"
+                    );
+                }
+                None => assert!(r.is_ok(), "{cookie}: {:?}", r.err()),
+            }
+        }
     }
 
     #[test]

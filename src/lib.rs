@@ -129,7 +129,11 @@ pub async fn serve(
         tracing::info!(address = %m, "metrics on http://{m}/metrics");
     }
     if let Some(a) = api_listener.as_ref().and_then(|l| l.local_addr().ok()) {
-        tracing::info!(address = %a, "email API on http://{a}/api/email");
+        if app.cfg.derived.api_token_hash.is_some() {
+            tracing::info!(address = %a, "email API on http://{a}/api/email");
+        } else {
+            tracing::info!(address = %a, "email API listener on {a}, but the API is off (no token)");
+        }
     }
     tracing::info!(address = %bound, workers = app.cfg.workers(), "listening on http://{bound}; open {public}/");
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -730,6 +730,15 @@ async fn no_secret_in_the_database_its_wal_or_the_logs() {
         }
     }
     assert!(files.len() >= 2, "database and WAL present");
+    // Created readable by the owner only, like the key file (and the -wal and -shm
+    // files take the database's mode).
+    for ext in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = format!("{}{ext}", ab.db_path().display());
+        if let Ok(m) = std::fs::metadata(&p) {
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{p}");
+        }
+    }
     for (p, bytes) in &files {
         let hay = String::from_utf8_lossy(bytes);
         for s in [&pending, &signed, &secret] {

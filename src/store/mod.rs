@@ -297,6 +297,7 @@ const NO_CREATE: rusqlite::OpenFlags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRI
     .union(rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
 fn migrate_sqlite(path: &Path, busy_timeout: Duration) -> Result<()> {
+    create_private(path)?;
     // Switch to WAL (a persistent setting) and migrate on one connection first, so
     // pool connections opening in parallel never race for that exclusive lock.
     let mut c = Connection::open(path)?;
@@ -314,6 +315,33 @@ fn migrate_sqlite(path: &Path, busy_timeout: Duration) -> Result<()> {
 /// sign-ins at 16 MiB. Past it only while a reader holds the WAL back (a long backup, an
 /// `sqlite3` shell left in a transaction) or in very large transactions.
 pub const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Create a database file that does not exist yet readable by its owner only (0600),
+/// as the key file is: it holds addresses, the audit trail and hashed session tokens,
+/// and SQLite gives the `-wal` and `-shm` files the mode of the database file. An
+/// existing file keeps its mode (an operator may have chosen it); SQLite treats the
+/// empty file as an empty database. `file:` URIs and `:memory:` are left to SQLite.
+fn create_private(path: &Path) -> Result<()> {
+    let name = path.to_string_lossy();
+    if name.starts_with("file:") || name == ":memory:" {
+        return Ok(());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Db(format!(
+            "cannot create the database {}: {e}",
+            path.display()
+        ))),
+    }
+}
 
 /// A pool of `size` on the (migrated) file at `path`.
 fn sqlite_pool(
