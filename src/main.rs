@@ -22,8 +22,11 @@ struct Cli {
     /// Configuration file [default: ./authbase.toml, or built-in defaults when there is none].
     #[arg(long, global = true, env = "AUTHBASE_CONFIG")]
     config: Option<PathBuf>,
-    /// Log format on stderr [default: `log.format` in the config, else pretty].
-    #[arg(long, global = true, value_enum, env = "AUTHBASE_LOG_FORMAT")]
+    /// Log format on stderr [default: `log.format` in the config (or AUTHBASE_LOG_FORMAT,
+    /// its override), else pretty].
+    // Not clap's `env`: AUTHBASE_LOG_FORMAT is read as the override of `log.format`, so a
+    // bad value is a config error naming the variable (exit 64), as for every other one.
+    #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,

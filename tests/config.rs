@@ -170,6 +170,8 @@ fn a_bad_variable_exits_64_naming_it() {
         ("AUTHBASE_TRUSTED_PROXIES", "[\"10.0.0.1\""),
         ("AUTHBASE_BRANDING_ACCENT_COLOR", "blue"),
         ("AUTHBASE_BRANDING_LOGO_URL", "//cdn.example.org/logo.svg"),
+        // Once clap's own: it exited 2 with its usage text.
+        ("AUTHBASE_LOG_FORMAT", "xml"),
         (
             "AUTHBASE_EMAIL_SMTP_PASSWORD_FILE",
             "/nonexistent/smtp_password",

@@ -19,8 +19,8 @@ use super::{err, Config, ConfigError, Env};
 pub const ENV_ONLY: &[&str] = &[
     // clap: the config file (`--config`).
     "AUTHBASE_CONFIG",
-    // clap: `--log-format`. It is also the override of `log.format`, with the same
-    // meaning, so the effective config shows the format in use.
+    // The override of `log.format`, which `--log-format` overrides in turn; listed so that
+    // it is never taken for a stray variable.
     "AUTHBASE_LOG_FORMAT",
     // The older name of AUTHBASE_EMAIL_SMTP_PASSWORD.
     "AUTHBASE_SMTP_PASSWORD",
