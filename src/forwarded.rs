@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 // The headers read here, in the order of `Fields`.
 const NAMES: [&str; 6] = [
@@ -85,18 +85,30 @@ pub enum ForwardedError {
     Conflict,
     #[error("no X-Original-URL or X-Forwarded-Host: the proxy must say which request to check")]
     Missing,
-    #[error("a header spelled like {0} with other separators (X_User_Email, X.User.Email) was sent: some apps read it as {0}, so the request is refused")]
-    IdentityAlias(&'static str),
+    #[error("a header spelled like {shown} with other separators (X_User_Email, X.User.Email) was sent: some apps read it as {shown}, so the request is refused", shown = title_case(.0.as_str()))]
+    IdentityAlias(&'static HeaderName),
 }
 
-/// The identity headers `/verify` answers with, which the proxy hands to the app: as
-/// hyper keeps names, and as people write them.
-const IDENTITY: [(&str, &str); 4] = [
-    ("x-user-id", "X-User-Id"),
-    ("x-user-email", "X-User-Email"),
-    ("x-user-groups", "X-User-Groups"),
-    ("x-user-assertion", "X-User-Assertion"),
-];
+// The identity headers `/verify` answers with, which the proxy hands to the app. Built
+// once: inserting by `&'static str` would parse and classify the name on every request.
+pub static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub static X_USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
+pub static X_USER_GROUPS: HeaderName = HeaderName::from_static("x-user-groups");
+pub static X_USER_ASSERTION: HeaderName = HeaderName::from_static("x-user-assertion");
+static IDENTITY: [&HeaderName; 4] = [&X_USER_ID, &X_USER_EMAIL, &X_USER_GROUPS, &X_USER_ASSERTION];
+
+/// `x-user-email` as people write it, `X-User-Email` (for messages).
+fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
 
 /// The identity header `n` (lowercase, as hyper keeps names) is an alias of: the same
 /// letters with another separator than `-` in one place at least (`x_user_email`,
@@ -104,21 +116,19 @@ const IDENTITY: [(&str, &str); 4] = [
 /// character into `_`, so an app may read it as the real header; the proxy configs
 /// delete the underscore spellings, and nginx drops the others, but Traefik and Caddy
 /// pass them through. The correct spelling is not an alias: the proxy replaces it.
-fn identity_alias(n: &str) -> Option<&'static str> {
-    IDENTITY
-        .into_iter()
-        .find(|(k, _)| {
-            k.len() == n.len()
-                && n != *k
-                && k.bytes().zip(n.bytes()).all(|(a, b)| {
-                    if a == b'-' {
-                        !b.is_ascii_alphanumeric()
-                    } else {
-                        a == b
-                    }
-                })
-        })
-        .map(|(_, shown)| shown)
+fn identity_alias(n: &str) -> Option<&'static HeaderName> {
+    IDENTITY.into_iter().find(|k| {
+        let k = k.as_str();
+        k.len() == n.len()
+            && n != k
+            && k.bytes().zip(n.bytes()).all(|(a, b)| {
+                if a == b'-' {
+                    !b.is_ascii_alphanumeric()
+                } else {
+                    a == b
+                }
+            })
+    })
 }
 
 use ForwardedError::Invalid;
@@ -476,7 +486,15 @@ mod tests {
     /// length and other letters are not.
     #[test]
     fn aliases_of_the_identity_headers_are_refused() {
-        let url: &[u8] = b"https://app.example.com/";
+        // The forwarded request with one more header named `name`.
+        let with = |name: &str| {
+            let mut h = hm(&[("x-original-url", b"https://app.example.com/")]);
+            h.insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
+            original(&h).map(|_| ())
+        };
         for alias in [
             "x_user_email",
             "x.user.email",
@@ -488,10 +506,7 @@ mod tests {
             "x'user'assertion",
             "x^user^assertion",
         ] {
-            let name = hyper::header::HeaderName::from_bytes(alias.as_bytes()).unwrap();
-            let mut h = hm(&[("x-original-url", url)]);
-            h.insert(name, HeaderValue::from_static("forged"));
-            let e = original(&h).unwrap_err();
+            let e = with(alias).unwrap_err();
             assert!(
                 matches!(e, ForwardedError::IdentityAlias(_)),
                 "{alias}: {e:?}"
@@ -506,12 +521,12 @@ mod tests {
             "xuser-email0",
             "x-forwarded-for",
         ] {
-            let name = hyper::header::HeaderName::from_bytes(fine.as_bytes()).unwrap();
-            let mut h = hm(&[("x-original-url", url)]);
-            h.insert(name, HeaderValue::from_static("x"));
-            assert!(original(&h).is_ok(), "{fine}");
+            assert!(with(fine).is_ok(), "{fine}");
         }
-        assert_eq!(identity_alias("x.user.email"), Some("X-User-Email"));
+        assert_eq!(identity_alias("x.user.email"), Some(&X_USER_EMAIL));
+        assert!(ForwardedError::IdentityAlias(&X_USER_EMAIL)
+            .to_string()
+            .contains("spelled like X-User-Email"));
     }
 
     /// Other headers, repeated or not, and look-alike names do not count.

@@ -21,6 +21,19 @@ use subtle::ConstantTimeEq;
 pub type Hash = [u8; 32];
 
 /// Fill a fixed-size array from the OS CSPRNG.
+/// Create a file that must not exist yet, readable and writable by its owner only
+/// (0600 on Unix): the key file, and a new SQLite database.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
 pub fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // The OS RNG failing is not a recoverable condition for an auth server.
@@ -111,15 +124,7 @@ impl ServerKey {
                         .unwrap_or_default(),
                     hex(&random::<8>())
                 ));
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    opts.mode(0o600);
-                }
-                let written = opts
-                    .open(&tmp)
+                let written = create_private(&tmp)
                     .and_then(|mut f| {
                         writeln!(f, "{}", URL_SAFE_NO_PAD.encode(key))?;
                         f.sync_all()

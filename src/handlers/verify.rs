@@ -25,18 +25,12 @@ use hyper::{Request, StatusCode};
 
 use crate::access::{Rule, RulePolicy};
 use crate::error::AppError;
-use crate::forwarded::{self, Original};
+use crate::forwarded::{self, Original, X_USER_ASSERTION, X_USER_EMAIL, X_USER_GROUPS, X_USER_ID};
 use crate::pages;
 use crate::session;
 use crate::web::{self, Ctx, Resp};
 
 static X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
-// Built once: inserting by `&'static str` would parse and classify the name on every
-// request.
-static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
-static X_USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
-static X_USER_GROUPS: HeaderName = HeaderName::from_static("x-user-groups");
-static X_USER_ASSERTION: HeaderName = HeaderName::from_static("x-user-assertion");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Style {

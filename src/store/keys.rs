@@ -95,7 +95,7 @@ impl Store {
                 "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped) VALUES (?1, ?2, NULL, ?3)",
                 args![new.kid, new.created_at, new.wrapped],
             )?;
-            let seq = users::record_revocation_kind(&tx, None, None, now, "keys")?;
+            let seq = users::record_revocation_kind(&tx, None, None, now, users::KIND_KEYS)?;
             users::audit_admin(
                 &tx,
                 now,

@@ -316,8 +316,8 @@ fn migrate_sqlite(path: &Path, busy_timeout: Duration) -> Result<()> {
 /// `sqlite3` shell left in a transaction) or in very large transactions.
 pub const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
-/// Create a database file that does not exist yet readable by its owner only (0600),
-/// as the key file is: it holds addresses, the audit trail and hashed session tokens,
+/// Create a database file that does not exist yet readable by its owner only
+/// (`secrets::create_private`, as the key file is): it holds addresses, the audit trail and hashed session tokens,
 /// and SQLite gives the `-wal` and `-shm` files the mode of the database file. An
 /// existing file keeps its mode (an operator may have chosen it); SQLite treats the
 /// empty file as an empty database. `file:` URIs and `:memory:` are left to SQLite.
@@ -326,14 +326,7 @@ fn create_private(path: &Path) -> Result<()> {
     if name.starts_with("file:") || name == ":memory:" {
         return Ok(());
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    match opts.open(path) {
+    match crate::secrets::create_private(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StoreError::Db(format!(
@@ -765,7 +758,7 @@ impl Store {
                 |r| {
                     let kind: String = r.get(1)?;
                     let what = match kind.as_str() {
-                        "keys" => Revoked::Keys,
+                        users::KIND_KEYS => Revoked::Keys,
                         users::KIND_SESSION | users::KIND_ONE_SESSION => {
                             let h: Vec<u8> = r.get(3)?;
                             let hash: Hash = h.try_into().map_err(|_| {

@@ -93,12 +93,14 @@ pub(crate) fn find_user(c: &Db, email: &str) -> Result<Option<(i64, String, bool
 /// Tell running servers to evict the cached sessions of `user_id` (`None`: of everyone);
 /// returns the record's number.
 pub(crate) fn record_revocation(c: &Db, user_id: Option<i64>, now: i64) -> Result<i64> {
-    record_revocation_kind(c, user_id, None, now, "sessions")
+    record_revocation_kind(c, user_id, None, now, KIND_SESSIONS)
 }
 
 /// Kinds of revocation record (see `record_revocation_kind`).
+pub(crate) const KIND_SESSIONS: &str = "sessions";
 pub(crate) const KIND_SESSION: &str = "session";
 pub(crate) const KIND_ONE_SESSION: &str = "one_session";
+pub(crate) const KIND_KEYS: &str = "keys";
 
 /// A session ended here (signed out): other servers evict it by its token's hash.
 pub(crate) fn record_session_end(c: &Db, hash: &[u8], now: i64) -> Result<i64> {
