@@ -469,12 +469,9 @@ async fn sessions_survive_a_restart_and_sigterm_exits_cleanly() {
 
 #[tokio::test]
 async fn smtp_down_at_request_time_then_delivered_when_it_returns() {
-    // A port with nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port with nothing listening, held for the server that comes up later.
+    let held = HeldPort::new();
+    let port = held.port;
     let ab = Authbase::start(&test_config(port, "", ""));
     let mut a = ab.browser();
     let t = Instant::now();
@@ -484,7 +481,7 @@ async fn smtp_down_at_request_time_then_delivered_when_it_returns() {
     // Let a few attempts fail.
     ab.wait_for_log("mail not sent; will retry").await;
     let dir = tempfile::tempdir().unwrap();
-    let smtp = Smtp::start_in(dir.path(), port);
+    let smtp = Smtp::start_on(dir.path(), held);
     let mails = smtp.wait_for(1).await;
     assert!(mails[0].envelope.contains("mia@example.com"));
     assert_eq!(a.get(&mails[0].link_path()).await.status, 303);
@@ -493,11 +490,8 @@ async fn smtp_down_at_request_time_then_delivered_when_it_returns() {
 
 #[tokio::test]
 async fn queued_mail_survives_a_restart() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let held = HeldPort::new();
+    let port = held.port;
     let ab = Authbase::start(&test_config(port, "", ""));
     let mut a = ab.browser();
     assert_eq!(
@@ -508,7 +502,7 @@ async fn queued_mail_survives_a_restart() {
     );
     let ab = ab.restart();
     let dir = tempfile::tempdir().unwrap();
-    let smtp = Smtp::start_in(dir.path(), port);
+    let smtp = Smtp::start_on(dir.path(), held);
     let mails = smtp.wait_for(1).await;
     a.addr = ab.addr.clone();
     assert_eq!(a.get(&mails[0].link_path()).await.status, 303);

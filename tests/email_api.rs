@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::proxy::free_port;
 use common::*;
 use hyper::Method;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -657,7 +656,8 @@ async fn ceilings_per_recipient_and_overall() {
 
 #[tokio::test]
 async fn smtp_down_then_up_every_message_delivered_once() {
-    let port = free_port();
+    let held = HeldPort::new();
+    let port = held.port;
     let dir = tempfile::tempdir().unwrap();
     let a = start_api(&api_config(port, "", ""));
     // The user is added by the CLI: no sign-in mail needed while the server is down.
@@ -687,7 +687,7 @@ async fn smtp_down_then_up_every_message_delivered_once() {
         assert!(Instant::now() < deadline, "never attempted: {s}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let smtp = Smtp::start_in(dir.path(), port);
+    let smtp = Smtp::start_on(dir.path(), held);
     let mails = wait_mails(dir.path(), 20).await;
     for id in &ids {
         let s = wait_status(&a.addr, *id, "sent", WAIT).await;
@@ -856,7 +856,8 @@ async fn separate_listener_keeps_the_api_off_the_public_port() {
 
 #[tokio::test]
 async fn cli_sends_and_manages_the_outbox() {
-    let port = free_port();
+    let held = HeldPort::new();
+    let port = held.port;
     let dir = tempfile::tempdir().unwrap();
     let a = start_api(&api_config(port, "max_attempts = 2", ""));
     let text = a.dir.path().join("body.txt");
@@ -927,7 +928,7 @@ async fn cli_sends_and_manages_the_outbox() {
         "{out}"
     );
     // Up again; retry the failed ones.
-    let smtp = Smtp::start_in(dir.path(), port);
+    let smtp = Smtp::start_on(dir.path(), held);
     let (st, out, _) = a.cli(&["outbox", "retry", "--failed"]);
     assert!(st.success());
     assert!(out.starts_with("1 message queued again"), "{out}");
@@ -1064,7 +1065,8 @@ async fn bodies_never_put_bare_cr_or_lf_on_the_wire() {
 /// dropped, so blocked and removed users get mail.
 #[tokio::test]
 async fn retry_never_sends_to_blocked_or_removed_users() {
-    let port = free_port();
+    let held = HeldPort::new();
+    let port = held.port;
     let dir = tempfile::tempdir().unwrap();
     let a = start_api(&api_config(port, "", ""));
     for e in ["ann@example.com", "bob@example.com"] {
@@ -1082,7 +1084,7 @@ async fn retry_never_sends_to_blocked_or_removed_users() {
     let (st, out, err) = a.cli(&["outbox", "retry", "--failed"]);
     assert!(st.success(), "{err}");
     println!("{out}");
-    let smtp = Smtp::start_in(dir.path(), port);
+    let smtp = Smtp::start_on(dir.path(), held);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let to: Vec<String> = smtp.messages().iter().map(|m| m.envelope.clone()).collect();
     assert!(to.is_empty(), "blocked/removed users got mail: {to:?}");

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::proxy::free_port;
 use common::*;
 use hyper::Method;
 
@@ -493,11 +492,12 @@ async fn known_unknown_and_refused_addresses_answer_alike_in_time() {
 /// answers at once and alike; once a real server listens there, the mail arrives.
 #[tokio::test]
 async fn a_blackholed_smtp_server_delays_mail_not_answers() {
-    let port = free_port();
+    let held = HeldPort::new();
+    let port = held.port;
     // The black hole: accepts, holds the connection, never says a word.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hole = {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let listener = held.listen();
         listener.set_nonblocking(true).unwrap();
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -525,7 +525,7 @@ async fn a_blackholed_smtp_server_delays_mail_not_answers() {
     ab.wait_for_log("did not finish within 2s").await;
     stop.store(true, Ordering::Relaxed);
     hole.join().unwrap();
-    let smtp = Smtp::start_in(dir.path(), port);
+    let smtp = Smtp::start_on(dir.path(), held);
     let mail = &smtp.wait_for(1).await[0];
     assert!(mail.envelope.contains("RCPT TO hal@example.com"));
 }

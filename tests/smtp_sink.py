@@ -1,7 +1,9 @@
 """A real SMTP server for the test suite (aiosmtpd), writing each message to a folder.
 
-Usage: python smtp_sink.py --dir DIR [--port N] [--delay-ms N]
+Usage: python smtp_sink.py --dir DIR [--port N | --fd N] [--delay-ms N]
 Prints "PORT <n>" on stdout once it accepts connections (port 0 picks a free one).
+--fd serves on an inherited TCP socket, bound by the test (which holds its port until the
+server starts, so nothing else can take it).
 Each message becomes DIR/<n>.eml; the envelope goes to DIR/<n>.env as
 "MAIL FROM" and one "RCPT TO" line per recipient, so tests can see smuggled recipients.
 --delay-ms makes each DATA take that long (a slow server, for queueing tests).
@@ -10,6 +12,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 
 from aiosmtpd.smtp import SMTP
 
@@ -40,13 +43,16 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--fd", type=int)
     p.add_argument("--delay-ms", type=int, default=0)
     a = p.parse_args()
     handler = Handler(a.dir, a.delay_ms / 1000)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.test"), "127.0.0.1", a.port
-    )
+    factory = lambda: SMTP(handler, hostname="sink.test")  # noqa: E731
+    if a.fd is not None:
+        server = await loop.create_server(factory, sock=socket.socket(fileno=a.fd))
+    else:
+        server = await loop.create_server(factory, "127.0.0.1", a.port)
     port = server.sockets[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
     stop = asyncio.Event()

@@ -103,12 +103,51 @@ impl Smtp {
 
     /// Like `start_in`, taking `delay_ms` to accept each message (a slow server).
     pub fn start_slow(dir: &Path, port: u16, delay_ms: u64) -> Smtp {
-        let mut child = Command::new(venv().join("bin/python"))
-            .arg(repo().join("tests/smtp_sink.py"))
+        let mut cmd = Smtp::command();
+        cmd.arg("--port").arg(port.to_string());
+        Smtp::spawn(cmd, dir, delay_ms)
+    }
+
+    /// Start on the port `held` keeps, writing into `dir`: the server takes over that very
+    /// socket, so nothing else can have taken the port since the test chose it.
+    pub fn start_on(dir: &Path, held: HeldPort) -> Smtp {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = held.socket.as_raw_fd();
+        let mut cmd = Smtp::command();
+        cmd.arg("--fd").arg(fd.to_string());
+        // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe. It
+        // clears close-on-exec on this one socket so that the server inherits it (the
+        // test's other sockets stay close-on-exec).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let smtp = Smtp::spawn(cmd, dir, 0);
+        assert_eq!(
+            smtp.port, held.port,
+            "the SMTP sink took over the held port"
+        );
+        // The server has its own copy now; ours closes here.
+        drop(held);
+        smtp
+    }
+
+    fn command() -> Command {
+        let mut cmd = Command::new(venv().join("bin/python"));
+        cmd.arg(repo().join("tests/smtp_sink.py"));
+        cmd
+    }
+
+    /// `cmd` is `command()` with where to listen (`--port` or `--fd`).
+    fn spawn(mut cmd: Command, dir: &Path, delay_ms: u64) -> Smtp {
+        let mut child = cmd
             .arg("--dir")
             .arg(dir)
-            .arg("--port")
-            .arg(port.to_string())
             .arg("--delay-ms")
             .arg(delay_ms.to_string())
             .stdout(Stdio::piped())
@@ -174,6 +213,40 @@ pub async fn wait_mails(dir: &Path, n: usize) -> Vec<Mail> {
             m.len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A loopback port held for an SMTP server that starts later (mail while the server is
+/// down, then delivered once it is up). The socket is bound but not listening, so a
+/// connection is refused as by a stopped server, and no other socket can take the port
+/// meanwhile. (Probing a port free and binding it again later lost a CI run: the port
+/// was taken in between.) `Smtp::start_on` hands this very socket to the server.
+pub struct HeldPort {
+    socket: socket2::Socket,
+    pub port: u16,
+}
+
+impl HeldPort {
+    pub fn new() -> HeldPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+        let port = socket
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .expect("an IP address")
+            .port();
+        HeldPort { socket, port }
+    }
+
+    /// Make the held socket listen, and return a listener on it for the test to accept
+    /// from (a black hole that never answers, say). The port stays held after the
+    /// returned listener is dropped.
+    pub fn listen(&self) -> std::net::TcpListener {
+        self.socket.listen(128).expect("listen on the held port");
+        self.socket.try_clone().expect("dup the held socket").into()
     }
 }
 

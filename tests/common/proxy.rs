@@ -19,15 +19,20 @@ use super::{repo, send, venv, WAIT};
 /// out for `:0` could be handed again to another test's authbase or SMTP server between
 /// this check and the proxy's bind, and the proxy's readiness probe would then be
 /// answered by the wrong process. Below that range only other `free_port` callers
-/// compete, and they start at random places.
+/// compete: they start at random places, and within one test binary a port is handed out
+/// once (two tests' proxies could otherwise be given one port before either binds it).
+/// For a server the test starts itself later, `HeldPort` holds the port instead.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     let start = (h.finish() % 12_000) as u16;
     for i in 0..12_000u16 {
         let port = 20_000 + (start + i) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
