@@ -15,28 +15,63 @@ use super::{repo, send, venv, WAIT};
 
 /// A loopback port for a process that takes its port from a config file (the proxies).
 ///
-/// Chosen below the kernel's ephemeral range (32768–60999 here): a port the kernel handed
-/// out for `:0` could be handed again to another test's authbase or SMTP server between
-/// this check and the proxy's bind, and the proxy's readiness probe would then be
-/// answered by the wrong process. Below that range only other `free_port` callers
-/// compete: they start at random places, and within one test binary a port is handed out
-/// once (two tests' proxies could otherwise be given one port before either binds it).
-/// For a server the test starts itself later, `HeldPort` holds the port instead.
+/// Chosen outside the kernel's ephemeral range (`ip_local_port_range`, 32768–60999 here,
+/// so 20000–31999): a port the kernel hands out for `:0` or an outgoing connection could
+/// be taken between this check and the proxy's bind, and the proxy's readiness probe
+/// would then be answered by the wrong process. Outside that range only other
+/// `free_port` callers compete: they start at random places, and within one test binary
+/// a port is handed out once (two tests' proxies could otherwise be given one port
+/// before either binds it). For a server the test starts itself later, `HeldPort` holds
+/// the port instead.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let (lo, hi) = port_window();
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
-    let start = (h.finish() % 12_000) as u16;
-    for i in 0..12_000u16 {
-        let port = 20_000 + (start + i) % 12_000;
+    let n = hi - lo + 1;
+    let start = (h.finish() % u64::from(n)) as u16;
+    for i in 0..n {
+        let port = lo + (start + i) % n;
         if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
-    panic!("no free loopback port in 20000-31999");
+    panic!("no free loopback port in {lo}-{hi}");
+}
+
+/// The ports `free_port` picks from: 20000–31999 when that is outside the ephemeral
+/// range, else the widest stretch of 10000–65535 outside it (if one is ≥ 1000 wide).
+fn port_window() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .collect::<Vec<_>>();
+    let (e_lo, e_hi) = match range[..] {
+        [lo, hi] => (lo, hi),
+        _ => (32768, 60999),
+    };
+    if e_lo > 31999 || e_hi < 20000 {
+        return (20000, 31999);
+    }
+    let below = (10000, e_lo.saturating_sub(1));
+    let above = (e_hi + 1, 65535);
+    let width = |(lo, hi): (u32, u32)| hi.saturating_sub(lo);
+    let (lo, hi) = if width(below) >= width(above) {
+        below
+    } else {
+        above
+    };
+    if hi < lo + 1000 {
+        // Nothing outside it is wide enough: share the range with the kernel (a rare
+        // clash then fails a proxy test with the proxy's bind error in its log).
+        eprintln!("the ephemeral port range {e_lo}-{e_hi} covers 20000-31999; the proxies' ports may clash");
+        return (20000, 31999);
+    }
+    (lo as u16, hi as u16)
 }
 
 /// An authbase config for a stack behind a proxy on `port`: portal
