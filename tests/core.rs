@@ -767,16 +767,18 @@ async fn absolute_lifetime_and_idle_timeout_hold() {
     }
     assert_eq!(a.me().await.status, 401);
 
-    // Idle timeout: activity keeps a session alive; silence ends it.
-    let (smtp, ab) = setup_with("", "[session]\nidle_timeout = \"2s\"\n");
+    // Idle timeout: activity keeps a session alive; silence ends it. Activity is kept in
+    // whole seconds, so the 4 s timeout leaves each 1.5 s step 1.5 s to spare, and ends
+    // no later than 5 s after the last use.
+    let (smtp, ab) = setup_with("", "[session]\nidle_timeout = \"4s\"\n");
     let mut a = ab.browser();
     let (_, mail) = request_link(&mut a, &smtp, "rita@example.com").await;
     a.get(&mail.link_path()).await;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(a.me().await.status, 200, "kept alive by use");
     }
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     assert_eq!(a.me().await.status, 401, "ended after idling");
 }
 

@@ -687,6 +687,17 @@ async fn smtp_down_then_up_every_message_delivered_once() {
         assert!(Instant::now() < deadline, "never attempted: {s}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every one of them tried once while the server was down.
+    for id in &ids {
+        loop {
+            let s = status(&a.addr, *id).await;
+            if s["attempts"].as_i64() >= Some(1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never attempted: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let smtp = Smtp::start_on(dir.path(), held);
     let mails = wait_mails(dir.path(), 20).await;
     for id in &ids {
@@ -703,8 +714,9 @@ async fn smtp_down_then_up_every_message_delivered_once() {
 #[tokio::test]
 async fn sigkill_mid_queue_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    // A slow server: 40 ms a message, two at a time.
-    let smtp = Smtp::start_slow(dir.path(), 0, 40);
+    // A slow server: 100 ms a message, two at a time (20/s), so the 200 messages are
+    // still queued at the kill even when posting them is slow.
+    let smtp = Smtp::start_slow(dir.path(), 0, 100);
     let cfg = api_config(smtp.port, "concurrency = 2", "");
     let mut a = start_api(&cfg);
     let (st, _, err) = a.cli(&["users", "add", "ann@example.com"]);
@@ -774,8 +786,10 @@ async fn sigkill_mid_queue_loses_nothing() {
 #[tokio::test]
 async fn sign_in_mail_overtakes_a_backlog_of_1000_api_messages() {
     let dir = tempfile::tempdir().unwrap();
-    // 20 ms a message, concurrency 4: the backlog takes seconds to drain.
-    let smtp = Smtp::start_slow(dir.path(), 0, 20);
+    // 100 ms a message, concurrency 4 (40/s): the backlog takes 25 s to drain, so it is
+    // still there when the sign-in is posted, and the sign-in mail has seconds to get
+    // ahead of it even on a loaded machine.
+    let smtp = Smtp::start_slow(dir.path(), 0, 100);
     let a = start_api(&api_config(smtp.port, "", ""));
     let (st, _, err) = a.cli(&["users", "add", "ann@example.com"]);
     assert!(st.success(), "{err}");
@@ -812,7 +826,7 @@ async fn sign_in_mail_overtakes_a_backlog_of_1000_api_messages() {
             break i;
         }
         assert!(Instant::now() < deadline, "no sign-in mail");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let took = started.elapsed();
     let api_after = 1000 - position;

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -264,7 +264,8 @@ async fn readyz_follows_the_database_file_and_smtp_outages_do_not_count() {
     assert_eq!(get(&ab.addr, "/readyz").await.status, 200);
 
     // SMTP down: mail is retried later, which is not a stuck queue.
-    let dead = Authbase::start(&test_config(common::proxy::free_port(), "", ""));
+    let held = HeldPort::new(); // nothing listens on it
+    let dead = Authbase::start(&test_config(held.port, "", ""));
     let mut b = dead.browser();
     assert_eq!(
         b.post_form("/auth", &[("email", "q@example.com")])
@@ -272,11 +273,17 @@ async fn readyz_follows_the_database_file_and_smtp_outages_do_not_count() {
             .status,
         200
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(get(&dead.addr, "/readyz").await.status, 200);
-    let m = parse_metrics(&get(&dead.addr, "/metrics").await.body);
+    let deadline = Instant::now() + WAIT;
+    let m = loop {
+        let m = parse_metrics(&get(&dead.addr, "/metrics").await.body);
+        if metric(&m, "authbase_emails_total{outcome=\"retried\"}") >= 1.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the mail was never retried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(metric(&m, "authbase_email_queue_depth{}"), 1.0);
-    assert!(metric(&m, "authbase_emails_total{outcome=\"retried\"}") >= 1.0);
+    assert_eq!(get(&dead.addr, "/readyz").await.status, 200);
 }
 
 #[tokio::test]
@@ -399,12 +406,16 @@ async fn sigterm_finishes_a_request_in_flight() {
             .status();
     });
     stopper.join().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // New connections are refused now; the one in flight completes.
-    assert!(
-        tokio::net::TcpStream::connect(&ab.addr).await.is_err(),
-        "the listener is closed after SIGTERM"
-    );
+    // New connections are refused soon (bounded wait); the one in flight completes.
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(&ab.addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener is still open {}s after SIGTERM",
+            WAIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The other three are closed at once, not kept until the drain timeout: each gets
     // the rest of what it was sent, then end of stream, while the sign-in is in flight.
     async fn closed_soon(mut c: tokio::net::TcpStream, what: &str) -> Vec<u8> {

@@ -125,6 +125,7 @@ fn healthcheck_fails_on_an_answer_other_than_200_and_on_silence() {
     // Something that answers 503, then something that accepts and never answers.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
     let t = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         let mut buf = [0u8; 1024];
@@ -132,7 +133,8 @@ fn healthcheck_fails_on_an_answer_other_than_200_and_on_silence() {
         s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
             .unwrap();
         let (silent, _) = l.accept().unwrap();
-        std::thread::sleep(Duration::from_secs(5));
+        // Silent until the test has its answer (bounded, should the test fail first).
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
         drop(silent);
     });
     let (status, _, err) = healthcheck(&addr.to_string());
@@ -146,7 +148,8 @@ fn healthcheck_fails_on_an_answer_other_than_200_and_on_silence() {
     let (status, _, err) = healthcheck(&addr.to_string());
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("did not answer within 3s"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(5), "bounded to 3 s");
+    assert!(start.elapsed() < Duration::from_secs(10), "bounded to 3 s");
+    done.send(()).unwrap();
     t.join().unwrap();
 }
 

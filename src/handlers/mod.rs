@@ -28,7 +28,9 @@ pub fn rate_limited(ctx: &Ctx, l: crate::limits::Limited, email: &str) -> web::R
         None,
         l.limit,
     );
-    let wait = if secs < 90 {
+    let wait = if secs == 1 {
+        "1 second".to_string()
+    } else if secs < 90 {
         format!("{secs} seconds")
     } else {
         format!("{} minutes", secs.div_ceil(60))
