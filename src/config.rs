@@ -1148,13 +1148,9 @@ fn key_at(text: &str, at: usize) -> Option<String> {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        .map(table_name);
     if line.starts_with('[') {
-        return Some(
-            line.trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_string(),
-        );
+        return Some(table_name(line));
     }
     let key = line.split('=').next()?.trim().trim_matches('"');
     if key.is_empty() {
@@ -1164,6 +1160,14 @@ fn key_at(text: &str, at: usize) -> Option<String> {
         Some(s) => format!("{s}.{key}"),
         None => key.to_string(),
     })
+}
+
+/// The name in a table header line, `[name]` or `[[name]]`, without a comment after it.
+fn table_name(line: &str) -> String {
+    let inner = line.trim_start_matches('[');
+    inner[..inner.find(']').unwrap_or(inner.len())]
+        .trim()
+        .to_string()
 }
 
 fn parse_http_url(key: &str, v: &str) -> Result<url::Url, ConfigError> {
@@ -1360,6 +1364,44 @@ pub(crate) mod tests {
         assert_eq!(e.key, "public_url");
         // Every key has a default: an empty file is a working configuration.
         assert!(Config::from_toml("", &NoEnv).is_ok());
+    }
+
+    /// A misspelt key anywhere in the shipped file is named as `section.key`, also under
+    /// a table header that has a comment on its line (`[assertion]   # …`).
+    #[test]
+    fn a_misspelt_key_in_the_shipped_file_is_named_with_its_section() {
+        let text = include_str!("../authbase.toml");
+        let mut section = String::new();
+        let mut checked = 0;
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l.starts_with('[') {
+                section = table_name(l);
+                continue;
+            }
+            let Some((key, _)) = l.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if l.starts_with('#') || key.contains(' ') {
+                continue;
+            }
+            let mut lines: Vec<&str> = text.lines().collect();
+            let typo = line.replacen(key, &format!("{key}x"), 1);
+            lines[i] = &typo;
+            let e = Config::from_toml(&lines.join("\n"), &NoEnv).unwrap_err();
+            let want = if section.is_empty() {
+                format!("{key}x")
+            } else {
+                format!("{section}.{key}x")
+            };
+            assert_eq!(e.key, want, "line {}: {e}", i + 1);
+            assert!(e.message.contains(&format!("(line {})", i + 1)), "{e}");
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} keys in the shipped file");
+        assert_eq!(table_name("[assertion]   # a comment [x]"), "assertion");
+        assert_eq!(table_name("[[rule]] # x"), "rule");
     }
 
     #[test]
