@@ -384,7 +384,10 @@ pub async fn sessions_revoke(cfg: &Config, user: Option<&str>) -> Result<Report,
 pub struct KeyRow {
     pub kid: String,
     pub created_at: i64,
+    /// The key signing now.
     pub active: bool,
+    /// When it signs, or signed, from.
+    pub active_from: i64,
     /// Published until then (retired keys).
     pub retire_at: Option<i64>,
 }
@@ -393,14 +396,15 @@ pub struct KeyRow {
 pub async fn keys_list(cfg: &Config, json_out: bool) -> Result<Report, AdminError> {
     let store = open(cfg)?;
     let t = now();
-    let rows: Vec<KeyRow> = store
-        .signing_keys()
-        .await?
+    let keys = store.signing_keys().await?;
+    let signing = crate::signing::signing_key_at(&keys, t).map(|k| k.kid.clone());
+    let rows: Vec<KeyRow> = keys
         .into_iter()
         .map(|k| KeyRow {
+            active: signing.as_deref() == Some(k.kid.as_str()),
+            active_from: crate::signing::starts(&k),
             kid: k.kid,
             created_at: k.created_at,
-            active: k.retire_at.is_none(),
             retire_at: k.retire_at,
         })
         .collect();
@@ -410,7 +414,12 @@ pub async fn keys_list(cfg: &Config, json_out: bool) -> Result<Report, AdminErro
     let mut out = format!("{:<44} {:<22} {}\n", "KID", "CREATED", "STATUS");
     for r in &rows {
         let status = match r.retire_at {
-            None => "active".to_string(),
+            _ if r.active && r.retire_at.is_some_and(|at| at > t) => format!(
+                "active until the next key signs, then published until {}",
+                utc(r.retire_at.unwrap_or(t))
+            ),
+            _ if r.active => "active".to_string(),
+            None => format!("next: published, signs from {}", utc(r.active_from)),
             Some(at) if at > t => format!("retiring, published until {}", utc(at)),
             Some(_) => "retired (deleted at the next sweep)".to_string(),
         };
@@ -426,10 +435,23 @@ pub async fn keys_list(cfg: &Config, json_out: bool) -> Result<Report, AdminErro
     Ok(out.into())
 }
 
-/// `authbase keys rotate`: a new active signing key; the previous one stays in the JWKS
-/// for `signing::OVERLAP` so tokens it signed still verify. Waits until running servers
-/// sign with the new key.
-pub async fn keys_rotate(cfg: &Config) -> Result<Report, AdminError> {
+/// `authbase keys rotate [--now | --delay D]`: a new signing key, published at once and
+/// signing after `delay` (default `signing::PUBLISH_AHEAD`, so that verifiers have it
+/// before they meet it); the key signing until then stays published for
+/// `signing::OVERLAP` after the switch, so tokens it signed still verify. Waits until
+/// running servers have the new key.
+pub async fn keys_rotate(cfg: &Config, delay: Option<&str>) -> Result<Report, AdminError> {
+    let ahead = match delay {
+        None => crate::signing::PUBLISH_AHEAD,
+        Some(d) => {
+            crate::config::Dur::parse(d)
+                .map_err(|e| AdminError::Input(format!("--delay: {e}")))?
+                .0
+        }
+    };
+    if ahead > Duration::from_secs(86400) {
+        return Err(AdminError::Input("--delay: at most 1d".into()));
+    }
     let store = open(cfg)?;
     let path = cfg.secret_key_path();
     // The server's own key file, never a new one: a key sealed under another key would
@@ -442,15 +464,28 @@ pub async fn keys_rotate(cfg: &Config) -> Result<Report, AdminError> {
     }
     let key = crate::secrets::ServerKey::load_or_create(&path).map_err(AdminError::Unavailable)?;
     let t = now();
+    let from = t + ahead.as_secs() as i64;
     let pair = crate::signing::KeyPair::generate();
+    let mut stored = pair.stored(&key, t);
+    stored.active_from = (from > t).then_some(from);
     let seq = store
-        .rotate_signing_key(pair.stored(&key, t), crate::signing::OVERLAP, t)
+        .rotate_signing_key(stored, crate::signing::OVERLAP)
         .await?;
-    let out = format!(
-        "new signing key {} is active; the previous key stays published until {}\n",
-        pair.kid,
-        utc(t + crate::signing::OVERLAP.as_secs() as i64)
-    );
+    let until = utc(from + crate::signing::OVERLAP.as_secs() as i64);
+    let out = if from > t {
+        format!(
+            "new signing key {} is published now and signs from {} (in {}), when apps' cached key sets have expired; the key it replaces signs until then and stays published until {until}\n",
+            pair.kid,
+            utc(from),
+            crate::config::Dur(ahead),
+        )
+    } else {
+        format!(
+            "new signing key {} signs now; the previous key stays published until {until}\n\
+             apps that fetched the key set in the last minutes may refuse new tokens until they fetch it again\n",
+            pair.kid,
+        )
+    };
     Ok(applied(&store, Some(seq), out.into()).await)
 }
 

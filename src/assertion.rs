@@ -183,7 +183,7 @@ pub fn header(app: &App, signed: &Signed, o: &Original, now: i64) -> Result<Head
     let aud = audience(o);
     let ring = app.signing.current();
     let token = ring
-        .sign(&claims(signed, app.cfg.public_base(), &aud, now, ttl))
+        .sign(&claims(signed, app.cfg.public_base(), &aud, now, ttl), now)
         .map_err(|e| AppError::Internal(format!("cannot sign an assertion: {e}")))?;
     app.metrics.assertion_signed();
     // Shrunk to fit: the cache keeps one per session and host, and the signer's string

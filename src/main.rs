@@ -202,9 +202,18 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Start a new signing key; the previous one stays published for an hour. Waits
-    /// until running servers sign with the new key.
-    Rotate,
+    /// Start a new signing key: published at once, signing 6 minutes later (when apps'
+    /// cached key sets have expired); the previous key stays published for an hour after
+    /// that. Waits until running servers have the new key.
+    Rotate {
+        /// Sign with the new key at once (the old one leaked): apps that fetched the key
+        /// set in the last minutes may refuse new tokens until they fetch it again.
+        #[arg(long, conflicts_with = "delay")]
+        now: bool,
+        /// How long the new key is published before it signs (default 6m).
+        #[arg(long, value_name = "DURATION")]
+        delay: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,7 +322,10 @@ fn main() -> ExitCode {
         Command::Keys { command } => run_admin(async {
             match command {
                 KeysCommand::List { json } => admin::keys_list(&cfg, json).await,
-                KeysCommand::Rotate => admin::keys_rotate(&cfg).await,
+                KeysCommand::Rotate { now, delay } => {
+                    let delay = if now { Some("0".to_string()) } else { delay };
+                    admin::keys_rotate(&cfg, delay.as_deref()).await
+                }
             }
         }),
         Command::Audit {

@@ -509,7 +509,7 @@ pub async fn follow_revocations(
                         complete = false;
                         break;
                     }
-                    tracing::info!(kid = %app.signing.current().kid(), "signing keys reloaded");
+                    tracing::info!(kid = %app.signing.current().kid(now()), "signing keys reloaded");
                     awaited = seq;
                 }
                 // Signed out on another server (or by this one: evicted already), or
@@ -593,12 +593,13 @@ pub async fn follow_revocations(
     }
 }
 
-/// Read the signing keys again (after `keys rotate`): from then on every assertion is
-/// signed with the new active key, cached ones included (they carry the generation).
+/// Read the signing keys again (after `keys rotate`): a key published ahead is in the
+/// JWKS at once and signs from its start; with `--now`, every assertion from then on is
+/// signed with the new key, cached ones included (they carry the generation).
 async fn reload_keys(app: &App) -> Result<(), String> {
     let keys = app.store.signing_keys().await.map_err(|e| e.to_string())?;
     app.signing
-        .replace(crate::signing::Ring::from_stored(&keys, &app.key)?);
+        .replace(crate::signing::Ring::from_stored(&keys, &app.key)?, now());
     Ok(())
 }
 

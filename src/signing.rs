@@ -4,13 +4,22 @@
 //! Storage: the database holds each private key sealed with ChaCha20-Poly1305 under
 //! `ServerKey::signing_wrap_key()` (derived from the server key file), with the key id as
 //! associated data, so a copy of the database alone neither reveals a key nor lets anyone
-//! swap one key's sealed bytes for another's. Exactly one key is active; `keys rotate`
-//! retires it (still published for `OVERLAP`) and makes a new one active.
+//! swap one key's sealed bytes for another's.
+//!
+//! Rotation publishes before it signs: `keys rotate` adds a key that is in the JWKS at
+//! once and signs from `PUBLISH_AHEAD` later, when every verifier's cached copy of the
+//! JWKS (`JWKS_MAX_AGE`) has expired and been fetched again with the new key in it. JWT
+//! libraries refetch a key set on an unknown `kid` only after a cool-down (30 s for PyJWT
+//! and `jose`), so a key that signed at once would be refused by apps for that long.
+//! `keys rotate --now` does that anyway, for a key that must stop signing at once. The
+//! key signing until the switch stays published for `OVERLAP` after it. At any time the
+//! signing key is the newest whose start (`active_from`, else `created_at`) has come.
 //!
 //! A running server holds the ring behind a lock and a generation number. Cached
-//! assertions (see `assertion`) carry the generation they were signed under, so a reload
-//! (after `keys rotate`) makes every cached token stale at once, without touching the
-//! session cache.
+//! assertions (see `assertion`) carry the generation they were signed under; a reload
+//! that changes the key signing now (`keys rotate --now`) makes every cached token stale
+//! at once, without touching the session cache. At a scheduled switch, cached tokens
+//! stay valid (their key is still published) and are replaced as they fall due.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -33,6 +42,9 @@ use crate::store::StoredKey;
 pub const OVERLAP: Duration = Duration::from_secs(3600);
 /// `Cache-Control: max-age` of `/.well-known/jwks.json`.
 pub const JWKS_MAX_AGE: u64 = 300;
+/// How long `keys rotate` publishes a new key before it signs: the JWKS cache time and a
+/// minute for the verifiers' refetch.
+pub const PUBLISH_AHEAD: Duration = Duration::from_secs(JWKS_MAX_AGE + 60);
 
 const NONCE: usize = 12;
 
@@ -63,13 +75,14 @@ impl KeyPair {
         }
     }
 
-    /// The row to store: active, sealed under `key`.
+    /// The row to store: the newest key, signing from `now`, sealed under `key`.
     pub fn stored(&self, key: &ServerKey, now: i64) -> StoredKey {
         StoredKey {
             kid: self.kid.clone(),
             created_at: now,
             retire_at: None,
             wrapped: seal(&key.signing_wrap_key(), &self.kid, &self.seed),
+            active_from: None,
         }
     }
 }
@@ -124,44 +137,72 @@ struct Published {
     kid: String,
     x: String,
     retire_at: Option<i64>,
+    from: i64,
+}
+
+/// When a stored key starts signing.
+pub fn starts(k: &StoredKey) -> i64 {
+    k.active_from.unwrap_or(k.created_at)
+}
+
+/// The item signing at `now`: the one with the latest start that has come, else (clocks
+/// apart) the earliest. `items` are sorted by start.
+fn signing_at<T>(items: &[T], start: impl Fn(&T) -> i64, now: i64) -> Option<&T> {
+    items
+        .iter()
+        .rev()
+        .find(|i| start(i) <= now)
+        .or(items.first())
+}
+
+/// The stored key signing at `now` (see the module doc), for `keys list`.
+pub fn signing_key_at(keys: &[StoredKey], now: i64) -> Option<&StoredKey> {
+    let mut sorted: Vec<&StoredKey> = keys.iter().collect();
+    sorted.sort_by_key(|k| (starts(k), k.retire_at.is_none()));
+    signing_at(&sorted, |k| starts(k), now).copied()
+}
+
+/// A key a server can sign with.
+struct KeyInRing {
+    kid: String,
+    /// Expanded once (zeroed on drop).
+    key: SigningKey,
+    /// Its JOSE header, `{"typ":"JWT","alg":"EdDSA","kid":…}`, serialized by
+    /// `jsonwebtoken` and base64url-encoded once.
+    header: String,
+    /// When it starts signing.
+    from: i64,
 }
 
 /// The keys a server signs with and publishes.
 pub struct Ring {
-    kid: String,
-    /// The active key, expanded once (zeroed on drop).
-    signer: SigningKey,
-    /// The active key's JOSE header, `{"typ":"JWT","alg":"EdDSA","kid":…}`, serialized by
-    /// `jsonwebtoken` and base64url-encoded once.
-    header: String,
+    /// Every key that can be opened, by start: the one signing at a time is chosen by
+    /// `signing_at`.
+    signers: Vec<KeyInRing>,
     published: Vec<Published>,
 }
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Ring(active {}, {} published)",
-            self.kid,
-            self.published.len()
-        )
+        let kids: Vec<&str> = self.signers.iter().map(|s| s.kid.as_str()).collect();
+        write!(f, "Ring({kids:?}, {} published)", self.published.len())
     }
 }
 
 impl Ring {
-    /// The ring from the stored keys (the active one is the row without `retire_at`).
-    /// A retired key that the server key cannot open is left out with a warning; an
-    /// active one is an error (the server key file was replaced or the row altered).
+    /// The ring from the stored keys. A retired key that the server key cannot open is
+    /// left out with a warning; the newest key (the row without `retire_at`) is an error
+    /// (the server key file was replaced or the row altered).
     pub fn from_stored(keys: &[StoredKey], key: &ServerKey) -> Result<Ring, String> {
         let wrap = key.signing_wrap_key();
-        let mut active = None;
+        let mut signers = Vec::new();
         let mut published = Vec::new();
         for k in keys {
             let Some(seed) = unseal(&wrap, &k.kid, &k.wrapped) else {
                 if k.retire_at.is_none() {
                     return Err(format!(
                         "the active signing key {} cannot be opened with the server key: was \
-                         secret_key_file replaced? `authbase keys rotate` starts a new key",
+                         secret_key_file replaced? `authbase keys rotate --now` starts a new key",
                         k.kid
                     ));
                 }
@@ -176,54 +217,63 @@ impl Ring {
                 kid: k.kid.clone(),
                 x: URL_SAFE_NO_PAD.encode(pair.public),
                 retire_at: k.retire_at,
+                from: starts(k),
             });
-            if k.retire_at.is_none() {
-                active = Some(pair);
-            }
+            let mut h = Header::new(Algorithm::EdDSA);
+            h.kid = Some(pair.kid.clone());
+            let header = serde_json::to_vec(&h).map_err(|e| format!("JOSE header: {e}"))?;
+            signers.push(KeyInRing {
+                key: SigningKey::from_bytes(&pair.seed),
+                header: URL_SAFE_NO_PAD.encode(header),
+                kid: pair.kid.clone(),
+                from: starts(k),
+            });
         }
-        let pair = active.ok_or("no active signing key")?;
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some(pair.kid.clone());
-        let header = serde_json::to_vec(&h).map_err(|e| format!("JOSE header: {e}"))?;
-        Ok(Ring {
-            signer: SigningKey::from_bytes(&pair.seed),
-            header: URL_SAFE_NO_PAD.encode(header),
-            kid: pair.kid,
-            published,
-        })
+        if !keys.iter().any(|k| k.retire_at.is_none()) {
+            return Err("no active signing key".into());
+        }
+        signers.sort_by_key(|s| s.from);
+        Ok(Ring { signers, published })
     }
 
-    pub fn kid(&self) -> &str {
-        &self.kid
+    fn signer(&self, now: i64) -> &KeyInRing {
+        signing_at(&self.signers, |s| s.from, now).expect("a ring has a key")
     }
 
-    /// A compact JWS of `claims`: `{"typ":"JWT","alg":"EdDSA","kid":…}`.
+    /// The id of the key signing at `now`.
+    pub fn kid(&self, now: i64) -> &str {
+        &self.signer(now).kid
+    }
+
+    /// A compact JWS of `claims`, signed with the key signing at `now`:
+    /// `{"typ":"JWT","alg":"EdDSA","kid":…}`.
     ///
     /// Byte for byte what `jsonwebtoken::encode` makes (Ed25519 signatures are
     /// deterministic; a unit test compares the two), without its per-call cost:
     /// `encode` parses the PKCS#8 key and derives the public key — a second scalar
     /// multiplication — on every call, which doubled the cost of each assertion.
-    pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, String> {
+    pub fn sign<T: serde::Serialize>(&self, claims: &T, now: i64) -> Result<String, String> {
+        let signer = self.signer(now);
         let claims = serde_json::to_vec(claims).map_err(|e| e.to_string())?;
-        let mut token = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 92);
-        token.push_str(&self.header);
+        let mut token = String::with_capacity(signer.header.len() + claims.len() * 4 / 3 + 92);
+        token.push_str(&signer.header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
-        let signature = self.signer.sign(token.as_bytes());
+        let signature = signer.key.sign(token.as_bytes());
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
         Ok(token)
     }
 
-    /// `/.well-known/jwks.json` at `now`: the active key and retired keys still within
-    /// their overlap, active first.
+    /// `/.well-known/jwks.json` at `now`: every key not past its overlap (one published
+    /// ahead of signing included), newest first.
     pub fn jwks(&self, now: i64) -> serde_json::Value {
         let mut keys: Vec<&Published> = self
             .published
             .iter()
             .filter(|p| p.retire_at.is_none_or(|t| t > now))
             .collect();
-        keys.sort_by_key(|p| p.retire_at.is_some());
+        keys.sort_by_key(|p| (std::cmp::Reverse(p.from), p.retire_at.is_some()));
         serde_json::json!({
             "keys": keys.iter().map(|p| serde_json::json!({
                 "kty": "OKP",
@@ -261,9 +311,15 @@ impl Keys {
         self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn replace(&self, ring: Ring) {
-        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    /// The keys read again. Cached tokens go stale only if the key signing at `now`
+    /// changes (`keys rotate --now`); a key published ahead changes nothing yet.
+    pub fn replace(&self, ring: Ring, now: i64) {
+        let mut current = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        let changed = current.kid(now) != ring.kid(now);
+        *current = Arc::new(ring);
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -300,7 +356,7 @@ mod tests {
                                    "groups": ["admins", "ops"], "sid": "x".repeat(b as usize * 40)}),
             ] {
                 assert_eq!(
-                    ring.sign(&claims).unwrap(),
+                    ring.sign(&claims, 1).unwrap(),
                     jsonwebtoken::encode(&h, &claims, &key).unwrap()
                 );
             }
@@ -342,10 +398,62 @@ mod tests {
         let mut old = KeyPair::generate().stored(&server_key(2), 0);
         old.retire_at = Some(i64::MAX);
         let ring = Ring::from_stored(&[old.clone(), a.clone()], &server_key(1)).unwrap();
-        assert_eq!(ring.kid(), a.kid);
+        assert_eq!(ring.kid(1), a.kid);
         assert_eq!(ring.jwks(0)["keys"].as_array().unwrap().len(), 1);
         assert!(Ring::from_stored(&[a], &server_key(2)).is_err());
         assert!(Ring::from_stored(&[old], &server_key(2)).is_err());
+    }
+
+    /// A key published ahead signs from its start on; until then the key it replaces
+    /// does. The JWKS has both from the start, newest first. Replacing the ring makes
+    /// cached tokens stale only when the key signing now changes.
+    #[test]
+    fn a_key_published_ahead_signs_from_its_start() {
+        let k = server_key(4);
+        let mut old = KeyPair::generate().stored(&k, 10);
+        let mut next = KeyPair::generate().stored(&k, 100);
+        next.active_from = Some(460);
+        old.retire_at = Some(460 + 3600);
+        let keys = [old.clone(), next.clone()];
+        let ring = Ring::from_stored(&keys, &k).unwrap();
+        let kid_of = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+        for (now, want) in [(100, &old), (459, &old), (460, &next), (5000, &next)] {
+            assert_eq!(ring.kid(now), want.kid, "at {now}");
+            assert_eq!(kid_of(&ring.sign(&1, now).unwrap()), want.kid, "at {now}");
+            assert_eq!(
+                signing_key_at(&keys, now).unwrap().kid,
+                want.kid,
+                "at {now}"
+            );
+        }
+        let published = |now| -> Vec<String> {
+            ring.jwks(now)["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(published(100), vec![next.kid.clone(), old.kid.clone()]);
+        assert_eq!(published(460 + 3600), vec![next.kid.clone()]);
+        // Clocks apart (every start still ahead): the earliest key signs.
+        assert_eq!(ring.kid(0), old.kid);
+
+        let only_old = Ring::from_stored(&[KeyPair::generate().stored(&k, 10)], &k).unwrap();
+        let keys_now = Keys::new(only_old);
+        let g = keys_now.generation();
+        keys_now.replace(Ring::from_stored(&keys, &k).unwrap(), 100);
+        assert_eq!(
+            keys_now.generation(),
+            g + 1,
+            "the key signing at 100 changed"
+        );
+        keys_now.replace(Ring::from_stored(&keys, &k).unwrap(), 100);
+        assert_eq!(
+            keys_now.generation(),
+            g + 1,
+            "published ahead: nothing changes yet"
+        );
     }
 
     #[test]
@@ -394,7 +502,7 @@ mod tests {
         // A token signed by the ring verifies with the published JWK (parsed by the
         // JOSE crate, not by us), and its header names the key.
         let token = ring
-            .sign(&serde_json::json!({ "sub": "1", "exp": i64::MAX / 2 }))
+            .sign(&serde_json::json!({ "sub": "1", "exp": i64::MAX / 2 }), 99)
             .unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(active.kid.as_str()));

@@ -314,46 +314,8 @@ async fn the_assertion_reaches_the_app_through_nginx_and_verifies_with_pyjwt() {
     assert!(r.header("x-user-assertion").is_none());
 }
 
-#[tokio::test]
-async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
-    let s = nginx_stack().await;
-    let app_host = s.proxy.host("app");
-    let mut b = s.browser("app");
-    s.sign_in(&mut b, "bob@example.com").await;
-    let (old, _) = s.assertion(&mut b, "/").await;
-    let old_kid = pyjwt(&s, &app_host, 0, &old).unwrap()["header"]["kid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-
-    let (ok, out, err) = s.ab.cli(&["keys", "rotate"]);
-    assert!(ok.success(), "{out}{err}");
-    assert!(out.contains("1 running server applied it"), "{out}{err}");
-
-    let (ok, out, _) = s.ab.cli(&["keys", "list", "--json"]);
-    assert!(ok.success());
-    let keys: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let keys = keys.as_array().unwrap();
-    assert_eq!(keys.len(), 2, "{out}");
-    let active: Vec<_> = keys.iter().filter(|k| k["active"] == true).collect();
-    assert_eq!(active.len(), 1);
-    let new_kid = active[0]["kid"].as_str().unwrap().to_string();
-    assert_ne!(new_kid, old_kid);
-    let retiring = keys.iter().find(|k| k["kid"] == old_kid.as_str()).unwrap();
-    assert!(retiring["retire_at"].as_i64().unwrap() > retiring["created_at"].as_i64().unwrap());
-    let (ok, table, _) = s.ab.cli(&["keys", "list"]);
-    assert!(ok.success() && table.contains("active") && table.contains("retiring"));
-
-    // The very next assertion, for the same session and host, uses the new key.
-    let (new, _) = s.assertion(&mut b, "/").await;
-    assert_ne!(new, old);
-    let v = pyjwt(&s, &app_host, 0, &new).unwrap();
-    assert_eq!(v["header"]["kid"], new_kid.as_str());
-    // The old token still verifies: its key is still published.
-    assert_eq!(
-        pyjwt(&s, &app_host, 0, &old).unwrap()["header"]["kid"],
-        old_kid.as_str()
-    );
+/// The kids in the JWKS, as served.
+async fn published(s: &Stack) -> Vec<String> {
     let r = send(
         &s.ab.addr,
         Method::GET,
@@ -362,16 +324,122 @@ async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
         Bytes::new(),
     )
     .await;
-    let published: Vec<String> = r.json()["keys"]
+    r.json()["keys"]
         .as_array()
         .unwrap()
         .iter()
         .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn kid(s: &Stack, aud: &str, token: &str) -> String {
+    pyjwt(s, aud, 0, token).unwrap()["header"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `keys rotate` publishes the new key at once and signs with it from `--delay` on (6
+/// minutes by default, so that apps have refetched the JWKS before they meet the new
+/// `kid`); `--now` signs with it at once, the cached assertions dropped. Old tokens
+/// verify throughout.
+#[tokio::test]
+async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
+    let s = nginx_stack().await;
+    let (app_host, wiki_host) = (s.proxy.host("app"), s.proxy.host("wiki"));
+    let mut b = s.browser("app");
+    s.sign_in(&mut b, "bob@example.com").await;
+    let (old, _) = s.assertion(&mut b, "/").await;
+    let old_kid = kid(&s, &app_host, &old);
+
+    // Published ahead.
+    let (ok, out, err) = s.ab.cli(&["keys", "rotate", "--delay", "3s"]);
+    assert!(ok.success(), "{out}{err}");
+    let switch = Instant::now() + Duration::from_secs(3);
+    assert!(out.contains("is published now and signs from"), "{out}");
+    assert!(out.contains("1 running server applied it"), "{out}{err}");
+    let (ok, out, _) = s.ab.cli(&["keys", "list", "--json"]);
+    assert!(ok.success());
+    let keys: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{out}");
+    let next = keys.iter().find(|k| k["kid"] != old_kid.as_str()).unwrap();
+    let next_kid = next["kid"].as_str().unwrap().to_string();
+    assert_eq!(next["active"], false, "{out}");
+    assert_eq!(next["retire_at"], serde_json::Value::Null, "{out}");
+    let current = keys.iter().find(|k| k["kid"] == old_kid.as_str()).unwrap();
+    assert_eq!(current["active"], true, "{out}");
+    assert_eq!(
+        current["retire_at"].as_i64().unwrap(),
+        next["active_from"].as_i64().unwrap() + 3600,
+        "{out}"
+    );
+    let (_, table, _) = s.ab.cli(&["keys", "list"]);
+    assert!(table.contains("next: published, signs from"), "{table}");
+    assert!(table.contains("active until the next key signs"), "{table}");
+    assert_eq!(published(&s).await, vec![next_kid.clone(), old_kid.clone()]);
+    // Until the switch, the old key signs, and cached tokens are kept.
+    assert_eq!(s.assertion(&mut b, "/").await.0, old, "the cached token");
+    b.host = Some(wiki_host.clone());
+    let (wiki, _) = s.assertion(&mut b, "/").await;
+    assert_eq!(
+        kid(&s, &wiki_host, &wiki),
+        old_kid,
+        "signed before the switch"
+    );
+    // From the switch on, the new key signs (a host this session has no token for yet).
+    tokio::time::sleep_until((switch + Duration::from_millis(1100)).into()).await;
+    b.host = Some(s.proxy.host("app"));
+    s.sign_in(&mut b, "carl@example.com").await;
+    let (after, _) = s.assertion(&mut b, "/").await;
+    assert_eq!(
+        kid(&s, &app_host, &after),
+        next_kid,
+        "signed after the switch"
+    );
+    let (ok, out, _) = s.ab.cli(&["keys", "list", "--json"]);
+    assert!(ok.success());
+    let keys: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let active: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["active"] == true)
         .collect();
-    assert_eq!(published, vec![new_kid, old_kid], "active first");
+    assert_eq!(active.len(), 1, "{out}");
+    assert_eq!(active[0]["kid"], next_kid.as_str(), "{out}");
+    let (_, table, _) = s.ab.cli(&["keys", "list"]);
+    assert!(table.contains("retiring, published until"), "{table}");
+    // The old tokens still verify: their key is still published.
+    assert_eq!(kid(&s, &app_host, &old), old_kid);
+    assert_eq!(kid(&s, &wiki_host, &wiki), old_kid);
+
+    // --now: the very next assertion, for the same session and host, uses the new key.
+    let (ok, out, err) = s.ab.cli(&["keys", "rotate", "--now"]);
+    assert!(ok.success(), "{out}{err}");
+    assert!(out.contains("signs now"), "{out}");
+    assert!(out.contains("1 running server applied it"), "{out}{err}");
+    let newest = published(&s).await[0].clone();
+    assert!(newest != next_kid && newest != old_kid);
+    let (now, _) = s.assertion(&mut b, "/").await;
+    assert_ne!(now, after);
+    assert_eq!(kid(&s, &app_host, &now), newest);
+    assert_eq!(
+        published(&s).await,
+        vec![newest.clone(), next_kid.clone(), old_kid.clone()],
+        "newest first"
+    );
     // And the new token is then reused like any other.
     let (again, _) = s.assertion(&mut b, "/x").await;
-    assert_eq!(again, new);
+    assert_eq!(again, now);
+    assert_eq!(kid(&s, &app_host, &after), next_kid);
+    // Bad options are refused before anything changes.
+    let (ok, _, err) = s.ab.cli(&["keys", "rotate", "--delay", "soon"]);
+    assert_eq!(ok.code(), Some(65), "{err}");
+    assert!(err.contains("--delay"), "{err}");
+    let (ok, _, err) = s.ab.cli(&["keys", "rotate", "--now", "--delay", "1m"]);
+    assert_eq!(ok.code(), Some(2), "{err}");
+    assert_eq!(published(&s).await.len(), 3);
 }
 
 /// The examples in deploy/examples, run on a real token: Python (PyJWT) and Node

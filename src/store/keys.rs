@@ -13,15 +13,18 @@ use super::{users, Result, Store, StoreError};
 pub struct StoredKey {
     pub kid: String,
     pub created_at: i64,
-    /// `None`: the active key. Otherwise published until then, then swept.
+    /// `None`: the newest key (active, or about to be). Otherwise published until then,
+    /// then swept.
     pub retire_at: Option<i64>,
+    /// When it starts signing (published before that); `None`: from `created_at`.
+    pub active_from: Option<i64>,
     /// The private key, sealed under a key derived from the server key file.
     pub wrapped: Vec<u8>,
 }
 
 fn all(c: &Db) -> Result<Vec<StoredKey>> {
     let rows = c.query_map(
-        "SELECT kid, created_at, retire_at, wrapped FROM signing_keys
+        "SELECT kid, created_at, retire_at, wrapped, active_from FROM signing_keys
           ORDER BY retire_at IS NULL, created_at, kid",
         args![],
         |r| {
@@ -30,6 +33,7 @@ fn all(c: &Db) -> Result<Vec<StoredKey>> {
                 created_at: r.get(1)?,
                 retire_at: r.get(2)?,
                 wrapped: r.get(3)?,
+                active_from: r.get(4)?,
             })
         },
     )?;
@@ -69,15 +73,13 @@ impl Store {
         Ok(keys)
     }
 
-    /// Make `new` the active key; the previous one stays published for `overlap`. With a
-    /// revocation record of kind `keys` in the same transaction, so running servers
-    /// reload their keys; returns its number for `await_servers`.
-    pub async fn rotate_signing_key(
-        &self,
-        new: StoredKey,
-        overlap: Duration,
-        now: i64,
-    ) -> Result<i64> {
+    /// Add `new`, published at once and signing from `new.active_from`; the key signing
+    /// until then (and one still waiting to sign) stays published for `overlap` after
+    /// that. With a revocation record of kind `keys` in the same transaction, so running
+    /// servers reload their keys; returns its number for `await_servers`.
+    pub async fn rotate_signing_key(&self, new: StoredKey, overlap: Duration) -> Result<i64> {
+        let now = new.created_at;
+        let from = new.active_from.unwrap_or(now);
         self.write(move |c| {
             let tx = c.transaction()?;
             let taken: i64 = tx.query_one(
@@ -89,11 +91,12 @@ impl Store {
             }
             tx.execute(
                 "UPDATE signing_keys SET retire_at = ?1 WHERE retire_at IS NULL",
-                args![now + overlap.as_secs() as i64],
+                args![from + overlap.as_secs() as i64],
             )?;
             tx.execute(
-                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped) VALUES (?1, ?2, NULL, ?3)",
-                args![new.kid, new.created_at, new.wrapped],
+                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped, active_from)
+                 VALUES (?1, ?2, NULL, ?3, ?4)",
+                args![new.kid, new.created_at, new.wrapped, new.active_from],
             )?;
             let seq = users::record_revocation_kind(&tx, None, None, now, users::KIND_KEYS)?;
             users::audit_admin(
@@ -102,7 +105,11 @@ impl Store {
                 "keys_rotated",
                 "",
                 None,
-                &format!("new key {}", new.kid),
+                &if from > now {
+                    format!("new key {}, signing from {from}", new.kid)
+                } else {
+                    format!("new key {}", new.kid)
+                },
             )?;
             tx.commit()?;
             Ok(seq)
@@ -121,6 +128,7 @@ mod tests {
             created_at: 100,
             retire_at: None,
             wrapped: vec![1, 2, 3],
+            active_from: None,
         }
     }
 
@@ -132,8 +140,12 @@ mod tests {
         // A second start (or a racing server) keeps the existing key.
         assert_eq!(s.ensure_signing_key(key("b")).unwrap(), vec![key("a")]);
         let before = s.last_revocation().await.unwrap();
+        let c = StoredKey {
+            created_at: 1000,
+            ..key("c")
+        };
         let seq = s
-            .rotate_signing_key(key("c"), Duration::from_secs(3600), 1000)
+            .rotate_signing_key(c.clone(), Duration::from_secs(3600))
             .await
             .unwrap();
         assert!(seq > before);
@@ -154,11 +166,23 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].kid, "a");
         assert_eq!(keys[0].retire_at, Some(4600));
-        assert_eq!(keys[1], key("c"));
+        assert_eq!(keys[1], c);
         // Retired keys are swept once their overlap has passed; the active one never.
         s.sweep(4599, 0).await.unwrap();
         assert_eq!(s.signing_keys().await.unwrap().len(), 2);
         s.sweep(4600, 0).await.unwrap();
-        assert_eq!(s.signing_keys().await.unwrap(), vec![key("c")]);
+        assert_eq!(s.signing_keys().await.unwrap(), vec![c.clone()]);
+        // Published ahead: the key it replaces is retired an overlap after it signs.
+        let d = StoredKey {
+            created_at: 5000,
+            active_from: Some(5360),
+            ..key("d")
+        };
+        s.rotate_signing_key(d.clone(), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let keys = s.signing_keys().await.unwrap();
+        assert_eq!(keys[0].retire_at, Some(5360 + 3600));
+        assert_eq!(keys[1], d);
     }
 }

@@ -194,6 +194,11 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX limit_windows_expires ON limit_windows(expires_ms);
     "#,
+    // 10: `keys rotate` publishes a new signing key before it signs (see `signing`):
+    // active_from is when it starts signing; NULL: from created_at.
+    r#"
+    ALTER TABLE signing_keys ADD COLUMN active_from INTEGER;
+    "#,
 ];
 
 pub const LATEST: i64 = STEPS.len() as i64;
