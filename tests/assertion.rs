@@ -442,9 +442,8 @@ async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
     assert_eq!(published(&s).await.len(), 3);
 }
 
-/// The examples in deploy/examples, run on a real token: Python (PyJWT) and Node
-/// (`jose`, installed from npm into target/). The Go example needs the Go module proxy,
-/// which the test machines cannot reach; it is not run here.
+/// The examples in deploy/examples, run on a real token: Python (PyJWT), Node (`jose`,
+/// installed from npm into target/) and Go (built offline against Debian's golang-jwt).
 #[tokio::test]
 async fn the_python_node_and_go_examples_verify_a_real_token() {
     let s = nginx_stack().await;
@@ -466,6 +465,8 @@ async fn the_python_node_and_go_examples_verify_a_real_token() {
     assert_eq!(claims["email"], "carol@example.com");
     let (ok, _, err) = python(&wiki_host, &token);
     assert!(!ok && err.contains("InvalidAudienceError"), "{err}");
+    let says = format!("(the token says aud \"{app_host}\")");
+    assert!(err.contains(&says), "{err}");
     let (ok, _, err) = python(&app_host, &tamper(&token));
     assert!(!ok && err.contains("InvalidSignatureError"), "{err}");
 
@@ -486,6 +487,33 @@ async fn the_python_node_and_go_examples_verify_a_real_token() {
         !ok && err.contains("ERR_JWT_CLAIM_VALIDATION_FAILED"),
         "{err}"
     );
+    assert!(err.contains(&says), "{err}");
+    // Run through a symlink and from a path with a space, it still runs (it used to
+    // exit 0 without a word, taking itself for an imported module), and refuses an
+    // empty token; with a missing argument it prints its usage and exits 2.
+    let odd = repo().join("target/examples-node link");
+    let _ = std::fs::remove_file(&odd);
+    std::os::unix::fs::symlink(&dir, &odd).unwrap();
+    let via_link = |args: &[&str]| {
+        let o = Command::new("node")
+            .arg(odd.join("verify-assertion.mjs"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, err) = via_link(&[&jwks, &iss, &app_host, "garbage"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.starts_with("rejected: "), "{err}");
+    let (code, err) = via_link(&[&jwks, &iss, &app_host, ""]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, err) = via_link(&[&jwks, &iss, &app_host]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("usage:"), "{err}");
+    std::fs::remove_file(&odd).unwrap();
     let (ok, _, err) = node(&app_host, &tamper(&token));
     assert!(
         !ok && err.contains("ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),

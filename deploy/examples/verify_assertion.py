@@ -39,5 +39,11 @@ if __name__ == "__main__":
     try:
         print(json.dumps(verify(token, jwks_url, issuer, audience)))
     except jwt.PyJWTError as e:
-        print(f"rejected: {type(e).__name__}: {e}", file=sys.stderr)
+        said = ""
+        # For a wrong aud or iss, what the token says (unverified), to see the mistake.
+        claim = {jwt.InvalidAudienceError: "aud", jwt.InvalidIssuerError: "iss"}.get(type(e))
+        if claim:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            said = f" (the token says {claim} {json.dumps(unverified.get(claim))})"
+        print(f"rejected: {type(e).__name__}: {e}{said}", file=sys.stderr)
         sys.exit(1)

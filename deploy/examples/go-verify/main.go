@@ -92,19 +92,33 @@ type Claims struct {
 	jwt.RegisteredClaims
 }
 
+// Leeway is the clock skew allowed on exp, iat and nbf (as the Python and Node examples).
+const Leeway = 5 * time.Second
+
 // Verify returns the claims of a valid assertion for audience, or an error.
 func (k *Keys) Verify(token, issuer, audience string) (*Claims, error) {
 	claims := &Claims{}
 	_, err := jwt.ParseWithClaims(token, claims, func(t *jwt.Token) (interface{}, error) {
 		kid, _ := t.Header["kid"].(string)
 		return k.key(kid)
-	}, jwt.WithValidMethods([]string{"EdDSA"})) // never let the token choose
-	// ParseWithClaims has checked the signature, and exp/iat/nbf when present.
+	},
+		jwt.WithValidMethods([]string{"EdDSA"}), // never let the token choose
+		// v4 checks the times without leeway; they are checked below with Leeway (v5:
+		// jwt.WithLeeway).
+		jwt.WithoutClaimsValidation())
+	// ParseWithClaims has checked the signature.
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now()
 	if claims.ExpiresAt == nil {
 		return nil, errors.New("no exp claim")
+	}
+	if !claims.VerifyExpiresAt(now.Add(-Leeway), true) {
+		return nil, fmt.Errorf("token is expired by %v", now.Sub(claims.ExpiresAt.Time).Round(time.Second))
+	}
+	if !claims.VerifyIssuedAt(now.Add(Leeway), false) || !claims.VerifyNotBefore(now.Add(Leeway), false) {
+		return nil, errors.New("token used before issued")
 	}
 	if !claims.VerifyIssuer(issuer, true) {
 		return nil, fmt.Errorf("token is from issuer %q, not %q", claims.Issuer, issuer)
