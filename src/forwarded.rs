@@ -79,8 +79,10 @@ pub enum ForwardedError {
     Duplicate(&'static str),
     #[error("header {0} is not printable ASCII")]
     NotAscii(&'static str),
-    #[error("header {0} is not a valid value")]
+    #[error("header {0} has an invalid value")]
     Invalid(&'static str),
+    #[error("header X-Original-URL must be an absolute http:// or https:// URL, as nginx sends with `$scheme://$http_host$request_uri`")]
+    NotAbsolute,
     #[error("X-Original-URL and X-Forwarded-* disagree")]
     Conflict,
     #[error("no X-Original-URL or X-Forwarded-Host: the proxy must say which request to check")]
@@ -253,7 +255,7 @@ fn original_url<'a>(s: &'a str, method: &'a str) -> Result<Original<'a>, Forward
     } else if s.len() > 7 && s[..7].eq_ignore_ascii_case("http://") {
         (false, &s[7..])
     } else {
-        return Err(Invalid(NAME));
+        return Err(ForwardedError::NotAbsolute);
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (auth, p) = rest.split_at(end);
@@ -359,6 +361,20 @@ mod tests {
     ) -> Result<(String, String, String, Option<u16>), ForwardedError> {
         let h = hm(pairs);
         original(&h).map(|o| (o.url(), o.method.to_string(), o.host().to_string(), o.port))
+    }
+
+    /// A relative or non-http X-Original-URL says what it must be.
+    #[test]
+    fn a_relative_original_url_is_told_to_be_absolute() {
+        for v in [
+            &b"/anything"[..],
+            b"ftp://a.example.com/",
+            b"a.example.com/",
+        ] {
+            let e = parse(&[("x-original-url", v)]).unwrap_err();
+            assert_eq!(e, ForwardedError::NotAbsolute);
+            assert!(e.to_string().contains("absolute http:// or https:// URL"));
+        }
     }
 
     /// Punycode that does not decode is no host name, in any case (`XN--` included: the

@@ -26,6 +26,7 @@ pub const ENDPOINTS: &[&str] = &[
     "metrics",
     "static",
     "api_email",
+    "jwks",
     "other",
 ];
 
@@ -42,6 +43,7 @@ pub fn endpoint(path: &str) -> usize {
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
+        "/.well-known/jwks.json" => "jwks",
         p if p.starts_with("/sign_in/") => "sign_in",
         p if p.starts_with("/static/") => "static",
         p if p.starts_with("/api/email") => "api_email",
@@ -427,6 +429,7 @@ mod tests {
         assert_eq!(ENDPOINTS[endpoint("/sign_in/abc")], "sign_in");
         assert_eq!(ENDPOINTS[endpoint("/verify")], "verify");
         assert_eq!(ENDPOINTS[endpoint("/nope")], "other");
+        assert_eq!(ENDPOINTS[endpoint("/.well-known/jwks.json")], "jwks");
     }
 
     #[test]
