@@ -442,6 +442,97 @@ async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
     assert_eq!(published(&s).await.len(), 3);
 }
 
+/// An app that verifies with PyJWT's `PyJWKClient`, as the Python example does, in one
+/// long-lived process: its key set cached for `lifespan` seconds, and refetched for an
+/// unknown `kid` only after PyJWT's cool-down (30 s). Reads a token a line, answers
+/// `ok KID` or `rejected ERROR`.
+const LONG_LIVED_APP: &str = r#"
+import sys, jwt
+jwks_url, iss, aud, lifespan = sys.argv[1:]
+client = jwt.PyJWKClient(jwks_url, lifespan=float(lifespan))
+for line in sys.stdin:
+    token = line.strip()
+    try:
+        key = client.get_signing_key_from_jwt(token)
+        jwt.decode(token, key.key, algorithms=["EdDSA"], issuer=iss, audience=aud)
+        print("ok", jwt.get_unverified_header(token)["kid"], flush=True)
+    except jwt.PyJWTError as e:
+        print("rejected", type(e).__name__, e, flush=True)
+"#;
+
+struct LongLivedApp {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LongLivedApp {
+    fn start(s: &Stack, aud: &str, lifespan: u64) -> LongLivedApp {
+        let mut child = Command::new(venv().join("bin/python"))
+            .args(["-c", LONG_LIVED_APP, &s.jwks_url(), &s.issuer(), aud])
+            .arg(lifespan.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        LongLivedApp { child, out }
+    }
+
+    fn check(&mut self, token: &str) -> String {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{token}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the app exited");
+        line.trim().to_string()
+    }
+}
+
+impl Drop for LongLivedApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Across a `keys rotate`, an app that keeps its key set cached (for less than the time
+/// the new key is published ahead: here 5 s against `--delay 6s`, in production 5 min
+/// against 6) accepts every token: tokens issued right after the rotation still carry
+/// the old `kid`, which it holds, and by the time the new key signs, its cache has been
+/// fetched again with that key in it. With `--now` instead, the token right after is
+/// refused (`PyJWKClientError`, PyJWT's 30 s cool-down), which is what a new-user pass
+/// saw before rotation published ahead.
+#[tokio::test]
+async fn an_app_with_a_cached_key_set_accepts_every_token_across_a_rotation() {
+    let s = nginx_stack().await;
+    let app_host = s.proxy.host("app");
+    let mut b = s.browser("app");
+    s.sign_in(&mut b, "dora@example.com").await;
+    let (first, _) = s.assertion(&mut b, "/").await;
+    let old_kid = kid(&s, &app_host, &first);
+    let mut app = LongLivedApp::start(&s, &app_host, 5);
+    assert_eq!(app.check(&first), format!("ok {old_kid}"));
+
+    let (ok, out, err) = s.ab.cli(&["keys", "rotate", "--delay", "6s"]);
+    assert!(ok.success(), "{out}{err}");
+    let switch = Instant::now() + Duration::from_secs(6);
+    // Right after: a new session's token is still signed with the key the app holds.
+    s.sign_in(&mut b, "ed@example.com").await;
+    let (right_after, _) = s.assertion(&mut b, "/").await;
+    assert_eq!(app.check(&right_after), format!("ok {old_kid}"));
+    // After the switch: the new key signs, and the app has it.
+    tokio::time::sleep_until((switch + Duration::from_millis(1100)).into()).await;
+    s.sign_in(&mut b, "flo@example.com").await;
+    let (after, _) = s.assertion(&mut b, "/").await;
+    let new_kid = kid(&s, &app_host, &after);
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(app.check(&after), format!("ok {new_kid}"));
+    // And the tokens from before the switch still verify in it.
+    assert_eq!(app.check(&right_after), format!("ok {old_kid}"));
+}
+
 /// The examples in deploy/examples, run on a real token: Python (PyJWT), Node (`jose`,
 /// installed from npm into target/) and Go (built offline against Debian's golang-jwt).
 #[tokio::test]
