@@ -245,7 +245,8 @@ async fn sign_out_revoke_and_block_on_one_replica_hold_on_all_of_them() {
 }
 
 /// `authbase keys rotate` on the shared database: every replica publishes the new key
-/// by the time the command returns, and signs with it.
+/// by the time the command returns (it signs 6 minutes later; tests/assertion.rs follows
+/// a switch through).
 #[tokio::test]
 async fn a_key_rotation_reaches_every_replica() {
     let r = Replicas::start(|port| test_config(port, "", ""));
