@@ -92,6 +92,9 @@ impl Dur {
         }
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
+        if unit.is_empty() && !num.is_empty() {
+            return Err(format!("`{s}` needs a unit (e.g. \"{s}s\")"));
+        }
         let n: u64 = num
             .parse()
             .map_err(|_| format!("`{s}` is not a duration (use e.g. 30d, 12h, 10m, 45s or 0)"))?;
@@ -696,8 +699,17 @@ impl Config {
         cfg.derived.env = overrides;
         cfg.derived.env_warnings = env::unknown_vars(env);
         cfg.read_secrets(env)?;
-        cfg.validate()
-            .map_err(|e| env::name_the_variable(e, &cfg.derived.env))?;
+        cfg.validate().map_err(|e| {
+            let set_by_env = cfg.derived.env.iter().any(|o| e.key == o.key);
+            let e = env::name_the_variable(e, &cfg.derived.env);
+            match line_of(text, &e.key) {
+                Some(l) if !set_by_env => ConfigError {
+                    message: format!("{} (line {l})", e.message),
+                    ..e
+                },
+                _ => e,
+            }
+        })?;
         Ok(cfg)
     }
 
@@ -1162,6 +1174,24 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     })
 }
 
+/// The line (1-based) where the file sets `key` (`section.name` or a top-level `name`).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            current = table_name(l);
+        } else if current == section
+            && l.strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// The name in a table header line, `[name]` or `[[name]]`, without a comment after it.
 fn table_name(line: &str) -> String {
     let inner = line.trim_start_matches('[');
@@ -1402,6 +1432,24 @@ pub(crate) mod tests {
         assert!(checked >= 10, "only {checked} keys in the shipped file");
         assert_eq!(table_name("[assertion]   # a comment [x]"), "assertion");
         assert_eq!(table_name("[[rule]] # x"), "rule");
+    }
+
+    /// A value out of range is reported with the line that sets it (not when an
+    /// environment variable set it: that is named instead); a number without a unit
+    /// says so, in the file and in a variable alike.
+    #[test]
+    fn range_errors_give_the_line_and_bare_numbers_need_a_unit() {
+        let t = "webapp_name = \"x\"\n\n[assertion]  # signed\nenabled = true\nttl = \"20m\"\n";
+        let e = Config::from_toml(t, &NoEnv).unwrap_err();
+        assert_eq!(e.key, "assertion.ttl");
+        assert!(e.message.ends_with("(line 5)"), "{e}");
+        for t in ["[assertion]\nttl = \"5\"\n", "[assertion]\nttl = 5\n"] {
+            let e = Config::from_toml(t, &NoEnv).unwrap_err();
+            assert!(e.message.contains("needs a unit (e.g. \"5s\")"), "{t}: {e}");
+        }
+        assert_eq!(line_of("a = 1\n[s]\nab = 2\na = 3\n", "s.a"), Some(4));
+        assert_eq!(line_of("a = 1\n[s]\na = 3\n", "a"), Some(1));
+        assert_eq!(line_of("[s]\na = 3\n", "t.a"), None);
     }
 
     #[test]

@@ -453,6 +453,7 @@ mod tests {
             ("AUTHBASE_EMAIL_SMTP_PORT", "70000", "u16"),
             ("AUTHBASE_COOKIE_SECURE", "maybe", "true or false"),
             ("AUTHBASE_SESSION_LIFETIME", "3x", "unknown unit"),
+            ("AUTHBASE_ASSERTION_TTL", "5", "needs a unit (e.g. \"5s\")"),
             ("AUTHBASE_LIMITS_CODES_PER_IP", "5", "not a rate"),
             ("AUTHBASE_TRUSTED_PROXIES", "[\"10.0.0.1\"", "not an array"),
             ("AUTHBASE_TRUSTED_PROXIES", "[1]", "expected a string"),
@@ -462,7 +463,16 @@ mod tests {
             let e = load("", &[(var, value)]).unwrap_err();
             assert_eq!(e.key, var, "{e}");
             assert!(e.message.contains(says), "{var}={value}: {e}");
+            assert!(!e.message.contains("(line"), "{var}={value}: {e}");
         }
+        // A variable's value out of range: the variable, not the file's line of the key.
+        let e = load(
+            "[session]\ncode_attempts = 5\n",
+            &[("AUTHBASE_SESSION_CODE_ATTEMPTS", "50")],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "AUTHBASE_SESSION_CODE_ATTEMPTS", "{e}");
+        assert!(!e.message.contains("(line"), "{e}");
         // A mistake in the file is still reported against the file's key and line.
         let e = load(
             "[session]\nlifetime = \"3x\"\n",
