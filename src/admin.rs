@@ -388,6 +388,8 @@ pub struct KeyRow {
     pub active: bool,
     /// When it signs, or signed, from.
     pub active_from: i64,
+    /// Published ahead: it starts signing at `active_from`.
+    pub next: bool,
     /// Published until then (retired keys).
     pub retire_at: Option<i64>,
 }
@@ -398,12 +400,15 @@ pub async fn keys_list(cfg: &Config, json_out: bool) -> Result<Report, AdminErro
     let t = now();
     let keys = store.signing_keys().await?;
     let signing = crate::signing::signing_key_at(&keys, t).map(|k| k.kid.clone());
-    let rows: Vec<KeyRow> = keys
-        .into_iter()
-        .map(|k| KeyRow {
+    let ordered = crate::signing::in_creation_order(&keys);
+    let rows: Vec<KeyRow> = ordered
+        .iter()
+        .enumerate()
+        .map(|(i, k)| KeyRow {
             active: signing.as_deref() == Some(k.kid.as_str()),
-            active_from: crate::signing::starts(&k),
-            kid: k.kid,
+            active_from: crate::signing::shown_start(k),
+            next: crate::signing::will_sign(&ordered, i, t),
+            kid: k.kid.clone(),
             created_at: k.created_at,
             retire_at: k.retire_at,
         })
@@ -412,16 +417,32 @@ pub async fn keys_list(cfg: &Config, json_out: bool) -> Result<Report, AdminErro
         return json(&rows);
     }
     let mut out = format!("{:<44} {:<22} {}\n", "KID", "CREATED", "STATUS");
+    let until = |at: Option<i64>| at.map(|at| format!(", published until {}", utc(at)));
     for r in &rows {
-        let status = match r.retire_at {
-            _ if r.active && r.retire_at.is_some_and(|at| at > t) => format!(
-                "active until the next key signs, then published until {}",
-                utc(r.retire_at.unwrap_or(t))
-            ),
-            _ if r.active => "active".to_string(),
-            None => format!("next: published, signs from {}", utc(r.active_from)),
-            Some(at) if at > t => format!("retiring, published until {}", utc(at)),
-            Some(_) => "retired (deleted at the next sweep)".to_string(),
+        let status = if r.active {
+            match r.retire_at {
+                Some(at) => format!(
+                    "active until the next key signs, then published until {}",
+                    utc(at)
+                ),
+                None => "active".to_string(),
+            }
+        } else if r.next {
+            format!(
+                "next: published, signs from {}{}",
+                utc(r.active_from),
+                until(r.retire_at).unwrap_or_default()
+            )
+        } else {
+            match r.retire_at {
+                Some(at) if at > t && r.active_from > t => format!(
+                    "superseded before it signed (never signs), published until {}",
+                    utc(at)
+                ),
+                Some(at) if at > t => format!("retiring, published until {}", utc(at)),
+                Some(_) => "retired (deleted at the next sweep)".to_string(),
+                None => "published".to_string(),
+            }
         };
         out.push_str(&format!(
             "{:<44} {:<22} {status}\n",

@@ -13,7 +13,11 @@
 //! and `jose`), so a key that signed at once would be refused by apps for that long.
 //! `keys rotate --now` does that anyway, for a key that must stop signing at once. The
 //! key signing until the switch stays published for `OVERLAP` after it. At any time the
-//! signing key is the newest whose start (`active_from`, else `created_at`) has come.
+//! signing key is the newest (last made) whose start has come: `active_from`, or for the
+//! first key and `--now` keys (`active_from` NULL) always, so that clocks apart between
+//! the host that rotated and the servers cannot delay them. A key published ahead and
+//! overtaken by a newer one that starts first never signs; every key stops signing no
+//! later than the next key's start, and stays published an `OVERLAP` after that.
 //!
 //! A running server holds the ring behind a lock and a generation number. Cached
 //! assertions (see `assertion`) carry the generation they were signed under; a reload
@@ -137,16 +141,28 @@ struct Published {
     kid: String,
     x: String,
     retire_at: Option<i64>,
-    from: i64,
 }
 
-/// When a stored key starts signing.
-pub fn starts(k: &StoredKey) -> i64 {
+/// When a stored key signs from, for the rule below: `active_from`, or, for a key made to
+/// sign at once (`None`: the first key, `keys rotate --now`), from the beginning, whatever
+/// the clocks of the host that made it and of the servers say.
+fn signs_from(k: &StoredKey) -> i64 {
+    k.active_from.unwrap_or(i64::MIN)
+}
+
+/// When a stored key signs, or signed, from, for people (`keys list`).
+pub fn shown_start(k: &StoredKey) -> i64 {
     k.active_from.unwrap_or(k.created_at)
 }
 
-/// The item signing at `now`: the one with the latest start that has come, else (clocks
-/// apart) the earliest. `items` are sorted by start.
+/// Keys in the order they were made: the newest (the one row without `retire_at`) last.
+fn creation_order(k: &StoredKey) -> (bool, i64, String) {
+    (k.retire_at.is_none(), k.created_at, k.kid.clone())
+}
+
+/// The item signing at `now`, of `items` in the order they were made: the newest whose
+/// start has come (a key published ahead and then overtaken by a newer one that started
+/// first never signs), else (clocks apart) the oldest.
 fn signing_at<T>(items: &[T], start: impl Fn(&T) -> i64, now: i64) -> Option<&T> {
     items
         .iter()
@@ -155,11 +171,23 @@ fn signing_at<T>(items: &[T], start: impl Fn(&T) -> i64, now: i64) -> Option<&T>
         .or(items.first())
 }
 
+/// The stored keys in the order they were made, for `keys list`.
+pub fn in_creation_order(keys: &[StoredKey]) -> Vec<&StoredKey> {
+    let mut sorted: Vec<&StoredKey> = keys.iter().collect();
+    sorted.sort_by_key(|k| creation_order(k));
+    sorted
+}
+
 /// The stored key signing at `now` (see the module doc), for `keys list`.
 pub fn signing_key_at(keys: &[StoredKey], now: i64) -> Option<&StoredKey> {
-    let mut sorted: Vec<&StoredKey> = keys.iter().collect();
-    sorted.sort_by_key(|k| (starts(k), k.retire_at.is_none()));
-    signing_at(&sorted, |k| starts(k), now).copied()
+    signing_at(&in_creation_order(keys), |k| signs_from(k), now).copied()
+}
+
+/// Whether `keys[i]` (in creation order) will sign at some time after `now`: it has not
+/// started, and no newer key starts before (or with) it.
+pub fn will_sign(keys: &[&StoredKey], i: usize, now: i64) -> bool {
+    let start = signs_from(keys[i]);
+    start > now && keys[i + 1..].iter().all(|k| signs_from(k) > start)
 }
 
 /// A key a server can sign with.
@@ -170,14 +198,14 @@ struct KeyInRing {
     /// Its JOSE header, `{"typ":"JWT","alg":"EdDSA","kid":…}`, serialized by
     /// `jsonwebtoken` and base64url-encoded once.
     header: String,
-    /// When it starts signing.
+    /// When it signs from (see `signs_from`).
     from: i64,
 }
 
 /// The keys a server signs with and publishes.
 pub struct Ring {
-    /// Every key that can be opened, by start: the one signing at a time is chosen by
-    /// `signing_at`.
+    /// Every key that can be opened, in the order they were made: the one signing at a
+    /// time is chosen by `signing_at`.
     signers: Vec<KeyInRing>,
     published: Vec<Published>,
 }
@@ -197,7 +225,7 @@ impl Ring {
         let wrap = key.signing_wrap_key();
         let mut signers = Vec::new();
         let mut published = Vec::new();
-        for k in keys {
+        for k in in_creation_order(keys) {
             let Some(seed) = unseal(&wrap, &k.kid, &k.wrapped) else {
                 if k.retire_at.is_none() {
                     return Err(format!(
@@ -217,7 +245,6 @@ impl Ring {
                 kid: k.kid.clone(),
                 x: URL_SAFE_NO_PAD.encode(pair.public),
                 retire_at: k.retire_at,
-                from: starts(k),
             });
             let mut h = Header::new(Algorithm::EdDSA);
             h.kid = Some(pair.kid.clone());
@@ -226,13 +253,12 @@ impl Ring {
                 key: SigningKey::from_bytes(&pair.seed),
                 header: URL_SAFE_NO_PAD.encode(header),
                 kid: pair.kid.clone(),
-                from: starts(k),
+                from: signs_from(k),
             });
         }
         if !keys.iter().any(|k| k.retire_at.is_none()) {
             return Err("no active signing key".into());
         }
-        signers.sort_by_key(|s| s.from);
         Ok(Ring { signers, published })
     }
 
@@ -266,14 +292,15 @@ impl Ring {
     }
 
     /// `/.well-known/jwks.json` at `now`: every key not past its overlap (one published
-    /// ahead of signing included), newest first.
+    /// ahead of signing included), newest (last made) first.
     pub fn jwks(&self, now: i64) -> serde_json::Value {
-        let mut keys: Vec<&Published> = self
+        // `published` is in the order the keys were made.
+        let keys: Vec<&Published> = self
             .published
             .iter()
+            .rev()
             .filter(|p| p.retire_at.is_none_or(|t| t > now))
             .collect();
-        keys.sort_by_key(|p| (std::cmp::Reverse(p.from), p.retire_at.is_some()));
         serde_json::json!({
             "keys": keys.iter().map(|p| serde_json::json!({
                 "kty": "OKP",
@@ -436,8 +463,8 @@ mod tests {
         };
         assert_eq!(published(100), vec![next.kid.clone(), old.kid.clone()]);
         assert_eq!(published(460 + 3600), vec![next.kid.clone()]);
-        // Clocks apart (every start still ahead): the earliest key signs.
-        assert_eq!(ring.kid(0), old.kid);
+        // The first key signs from the beginning, whatever the clock says.
+        assert_eq!(ring.kid(i64::MIN + 1), old.kid);
 
         let only_old = Ring::from_stored(&[KeyPair::generate().stored(&k, 10)], &k).unwrap();
         let keys_now = Keys::new(only_old);
@@ -454,6 +481,66 @@ mod tests {
             g + 1,
             "published ahead: nothing changes yet"
         );
+    }
+
+    /// Two rotations before the first switch: the newest key that has started signs. A
+    /// key published ahead and overtaken (`--now`, or a shorter delay) never signs, so it
+    /// cannot sign after it has left the JWKS. And a `--now` key signs at once even for a
+    /// server whose clock is behind the host that made it.
+    #[test]
+    fn a_key_overtaken_before_it_signs_never_signs() {
+        let k = server_key(5);
+        let at = |created: i64, from: Option<i64>| {
+            let mut s = KeyPair::generate().stored(&k, created);
+            s.active_from = from;
+            s
+        };
+        let kid_at = |keys: &[StoredKey], now: i64| {
+            let ring = Ring::from_stored(keys, &k).unwrap();
+            assert_eq!(signing_key_at(keys, now).unwrap().kid, ring.kid(now));
+            ring.kid(now).to_string()
+        };
+        let published = |keys: &[StoredKey], now: i64| -> Vec<String> {
+            Ring::from_stored(keys, &k).unwrap().jwks(now)["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // At 100 `keys rotate` (B from 460), at 200 `keys rotate --now` (C, stamped by a
+        // CLI whose clock runs 50 s ahead of the server's).
+        let (mut a, mut b, c) = (at(0, None), at(100, Some(460)), at(250, None));
+        a.retire_at = Some(460 + 3600);
+        b.retire_at = Some(250 + 3600);
+        // Before C existed, A signed: B had not started.
+        let pending = StoredKey {
+            retire_at: None,
+            ..b.clone()
+        };
+        assert_eq!(kid_at(&[a.clone(), pending], 150), a.kid);
+        let keys = [a.clone(), b.clone(), c.clone()];
+        for (now, want) in [(200, &c), (460, &c), (3850, &c), (99_999, &c)] {
+            assert_eq!(kid_at(&keys, now), want.kid, "at {now}");
+            assert!(published(&keys, now).contains(&want.kid), "at {now}");
+        }
+        assert_eq!(
+            published(&keys, 300),
+            vec![c.kid.clone(), b.kid.clone(), a.kid.clone()]
+        );
+        let ordered = in_creation_order(&keys);
+        assert!(!will_sign(&ordered, 1, 300), "B is overtaken");
+        // `keys rotate --delay 1h` at 100, then a plain `keys rotate` at 200 (from 560):
+        // the second signs from 560 on, the first never.
+        let (mut a, mut b, c) = (at(0, None), at(100, Some(3700)), at(200, Some(560)));
+        a.retire_at = Some(3700 + 3600);
+        b.retire_at = Some(560 + 3600);
+        let keys = [a.clone(), b.clone(), c.clone()];
+        for (now, want) in [(300, &a), (560, &c), (3700, &c), (10_000, &c)] {
+            assert_eq!(kid_at(&keys, now), want.kid, "at {now}");
+        }
+        let ordered = in_creation_order(&keys);
+        assert!(!will_sign(&ordered, 1, 300) && will_sign(&ordered, 2, 300));
     }
 
     #[test]

@@ -433,13 +433,26 @@ async fn after_keys_rotate_old_tokens_verify_and_new_ones_use_the_new_key() {
     let (again, _) = s.assertion(&mut b, "/x").await;
     assert_eq!(again, now);
     assert_eq!(kid(&s, &app_host, &after), next_kid);
+    // A plain rotate publishes 6 minutes ahead, and the cached token stays.
+    let (ok, out, err) = s.ab.cli(&["keys", "rotate"]);
+    assert!(ok.success(), "{out}{err}");
+    assert!(out.contains("(in 6m)"), "{out}");
+    assert_eq!(s.assertion(&mut b, "/").await.0, now, "still cached");
+    let (ok, out, _) = s.ab.cli(&["keys", "list", "--json"]);
+    assert!(ok.success());
+    let keys: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 4, "{out}");
+    assert_eq!(keys[3]["next"], true, "{out}");
+    assert_eq!(keys[2]["kid"], newest.as_str(), "{out}");
+    assert_eq!(keys[2]["active"], true, "{out}");
     // Bad options are refused before anything changes.
     let (ok, _, err) = s.ab.cli(&["keys", "rotate", "--delay", "soon"]);
     assert_eq!(ok.code(), Some(65), "{err}");
     assert!(err.contains("--delay"), "{err}");
     let (ok, _, err) = s.ab.cli(&["keys", "rotate", "--now", "--delay", "1m"]);
     assert_eq!(ok.code(), Some(2), "{err}");
-    assert_eq!(published(&s).await.len(), 3);
+    assert_eq!(published(&s).await.len(), 4);
 }
 
 /// An app that verifies with PyJWT's `PyJWKClient`, as the Python example does, in one
