@@ -50,6 +50,15 @@ fn canonical_host(host: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl HostPattern {
+    /// Whether every host `other` matches, this matches too.
+    fn covers(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (_, HostPattern::Exact(h)) => self.matches(h),
+            (HostPattern::Subdomains(a), HostPattern::Subdomains(b)) => b.ends_with(a.as_str()),
+            (HostPattern::Exact(_), HostPattern::Subdomains(_)) => false,
+        }
+    }
+
     fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,
@@ -108,6 +117,12 @@ pub fn valid_group(name: &str) -> bool {
 }
 
 fn address(key: &str, e: &str) -> Result<String, ConfigError> {
+    if e.trim().starts_with("*@") {
+        return Err(err(
+            key,
+            format!("`{e}` is a pattern, and addresses here are exact: for everyone at a domain, list the domain (access.allowed_domains, or a rule's domains)"),
+        ));
+    }
     email_addr::normalise(e)
         .map(|a| a.to_ascii_lowercase())
         .map_err(|x| err(key, format!("`{e}`: {x}")))
@@ -171,6 +186,31 @@ fn under(path: &str, prefix: &str) -> bool {
 }
 
 impl Policy {
+    /// Rules that can never apply, because an earlier rule matches every request they
+    /// would (the first match wins): a `deny` for `/admin` after a rule for the whole
+    /// host, say. One warning each, for `check-config` and the start-up log.
+    pub fn hidden_rules(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (j, later) in self.rules.iter().enumerate() {
+            let hidden_by = self.rules[..j].iter().find(|earlier| {
+                earlier.host.covers(&later.host)
+                    && (earlier.paths.is_empty()
+                        || (!later.paths.is_empty()
+                            && later
+                                .paths
+                                .iter()
+                                .all(|p| earlier.paths.iter().any(|q| under(p, q)))))
+            });
+            if let Some(earlier) = hidden_by {
+                w.push(format!(
+                    "access.rules[{}] never applies: access.rules[{}] comes first and matches every request it would (the first match wins; put the narrower rule, a deny in particular, first)",
+                    later.index, earlier.index
+                ));
+            }
+        }
+        w
+    }
+
     pub fn compile(c: &AccessConfig) -> Result<Policy, ConfigError> {
         let mut p = Policy::default();
         for e in &c.allowed_emails {
@@ -202,10 +242,12 @@ impl Policy {
                 "allow" => RulePolicy::Allow,
                 "bypass" => RulePolicy::Bypass,
                 "deny" => RulePolicy::Deny,
-                _ => {
+                other => {
                     return Err(err(
                         &key("policy"),
-                        "must be \"allow\", \"bypass\" or \"deny\"",
+                        format!(
+                            "`{other}`: must be \"allow\", \"bypass\" or \"deny\" (lower case)"
+                        ),
                     ))
                 }
             };
@@ -218,6 +260,17 @@ impl Policy {
             }
             let mut paths = Vec::new();
             for path in &r.paths {
+                // A pattern would be taken literally and never match: a deny rule written
+                // `/admin/*` would leave /admin open.
+                if path.contains(['*', '?']) {
+                    let prefix =
+                        path[..path.find(['*', '?']).unwrap_or(path.len())].trim_end_matches('/');
+                    let prefix = if prefix.is_empty() { "/" } else { prefix };
+                    return Err(err(
+                        &key("paths"),
+                        format!("`{path}`: paths are prefixes, not patterns: `{prefix}` covers `{prefix}` and everything below it"),
+                    ));
+                }
                 if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ')
                 {
                     return Err(err(
@@ -600,5 +653,72 @@ mod tests {
             "access.allowed_domains"
         );
         assert_eq!(bad("[access.groups]\n\"a,b\" = []\n"), "access.groups.a,b");
+    }
+
+    /// A rule an earlier one hides is found; rules that only overlap are not.
+    #[test]
+    fn rules_hidden_by_earlier_ones_are_named() {
+        let hidden = |t: &str| policy(t).hidden_rules();
+        let w = hidden(
+            "[[access.rules]]\nhost = \"app.acme.com\"\ngroups = [\"ops\"]\n\
+             [[access.rules]]\nhost = \"app.acme.com\"\npaths = [\"/admin\"]\npolicy = \"deny\"\n",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("access.rules[2] never applies: access.rules[1]"),
+            "{w:?}"
+        );
+        // A subdomain rule hides a later rule for one of them, and for a deeper `*.`.
+        for later in ["x.acme.com", "*.x.acme.com"] {
+            let w = hidden(&format!(
+                "[[access.rules]]\nhost = \"*.acme.com\"\npaths = [\"/a\"]\npolicy = \"deny\"\n\
+                 [[access.rules]]\nhost = \"{later}\"\npaths = [\"/a/b\"]\npolicy = \"bypass\"\n"
+            ));
+            assert_eq!(w.len(), 1, "{later}: {w:?}");
+        }
+        // Not hidden: the earlier rule covers only some paths, or another host.
+        for t in [
+            "[[access.rules]]\nhost = \"app.acme.com\"\npaths = [\"/healthz\"]\npolicy = \"bypass\"\n\
+             [[access.rules]]\nhost = \"app.acme.com\"\ngroups = [\"ops\"]\n",
+            "[[access.rules]]\nhost = \"x.acme.com\"\n[[access.rules]]\nhost = \"*.acme.com\"\npolicy = \"deny\"\n",
+            "[[access.rules]]\nhost = \"acme.com\"\n[[access.rules]]\nhost = \"*.acme.com\"\npolicy = \"deny\"\n",
+        ] {
+            assert!(hidden(t).is_empty(), "{t}: {:?}", hidden(t));
+        }
+    }
+
+    /// A glob in `paths` or `*@domain` in an address would be taken literally and never
+    /// match: a deny rule for `/admin/*` would leave /admin open. Refused, with the form
+    /// that does what was meant.
+    #[test]
+    fn patterns_where_prefixes_and_addresses_go_are_refused_with_the_fix() {
+        let bad = |t: &str| {
+            let c: crate::config::Config = toml::from_str(t).unwrap();
+            Policy::compile(&c.access).unwrap_err()
+        };
+        for (path, prefix) in [
+            ("/admin/*", "/admin"),
+            ("/admin*", "/admin"),
+            ("/*", "/"),
+            ("/a?b", "/a"),
+        ] {
+            let e = bad(&format!(
+                "[[access.rules]]\nhost = \"a.b\"\npaths = [\"{path}\"]\npolicy = \"deny\"\n"
+            ));
+            assert_eq!(e.key, "access.rules[1].paths");
+            assert!(
+                e.message.contains(&format!("`{prefix}` covers")),
+                "{path}: {e}"
+            );
+        }
+        let e = bad("[access]\nallowed_emails = [\"*@freelance.io\"]\n");
+        assert_eq!(e.key, "access.allowed_emails");
+        assert!(e.message.contains("list the domain"), "{e}");
+        let e = bad("[[access.rules]]\nhost = \"a.b\"\npolicy = \"Deny\"\n");
+        assert!(e.message.contains("`Deny`: must be"), "{e}");
+        // What the patterns meant works.
+        let p =
+            policy("[[access.rules]]\nhost = \"a.b\"\npaths = [\"/admin\"]\npolicy = \"deny\"\n");
+        assert!(p.rule_for("a.b", "/admin/secret").is_some());
     }
 }

@@ -698,6 +698,23 @@ impl Config {
         }
         cfg.derived.env = overrides;
         cfg.derived.env_warnings = env::unknown_vars(env);
+        // A mistyped access variable would leave the access lists as the file has them,
+        // perhaps empty: open sign-up. That is an error, not a warning.
+        if let Some(w) = cfg
+            .derived
+            .env_warnings
+            .iter()
+            .find(|w| w.starts_with("environment variable AUTHBASE_ACCESS_"))
+        {
+            let var = w.split_whitespace().nth(2).unwrap_or("AUTHBASE_ACCESS_");
+            let hint = w.split_once("; ").map(|(_, h)| h).unwrap_or(
+                "access.allowed_domains and access.allowed_emails are the access keys a variable can set; rules and groups are set in the file only",
+            );
+            return Err(err(
+                var,
+                format!("is not a configuration key ({hint}); a mistake in the access settings could let anyone sign in, so it is an error"),
+            ));
+        }
         cfg.read_secrets(env)?;
         cfg.validate().map_err(|e| {
             let set_by_env = cfg.derived.env.iter().any(|o| e.key == o.key);
@@ -1120,6 +1137,7 @@ impl Config {
                 "cookie.secure = false: set it to true when authbase is served over https".into(),
             );
         }
+        w.extend(self.derived.access.hidden_rules());
         if self.derived.access.open_sign_up() {
             w.push("[access] allowed_domains and allowed_emails are empty: ANYONE with an email address can sign in (open sign-up)".into());
         }
@@ -1175,14 +1193,24 @@ fn key_at(text: &str, at: usize) -> Option<String> {
 }
 
 /// The line (1-based) where the file sets `key` (`section.name` or a top-level `name`).
+/// `access.rules[2].policy` is the second `[[access.rules]]` table's `policy`.
 fn line_of(text: &str, key: &str) -> Option<usize> {
     let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
-    let mut current = String::new();
+    // `base[n]`: the n-th (1-based) `[[base]]` table.
+    let (base, nth) = match section.strip_suffix(']').and_then(|s| s.rsplit_once('[')) {
+        Some((base, n)) => (base, n.parse::<usize>().ok()?),
+        None => (section, 0),
+    };
+    let (mut current, mut seen) = (String::new(), 0);
     for (i, line) in text.lines().enumerate() {
         let l = line.trim();
         if l.starts_with('[') {
             current = table_name(l);
-        } else if current == section
+            if current == base {
+                seen += 1;
+            }
+        } else if current == base
+            && (nth == 0 || seen == nth)
             && l.strip_prefix(name)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         {
@@ -1450,6 +1478,12 @@ pub(crate) mod tests {
         assert_eq!(line_of("a = 1\n[s]\nab = 2\na = 3\n", "s.a"), Some(4));
         assert_eq!(line_of("a = 1\n[s]\na = 3\n", "a"), Some(1));
         assert_eq!(line_of("[s]\na = 3\n", "t.a"), None);
+        let rules = "[[access.rules]]\nhost = \"a.b\"\n\n[[access.rules]]\nhost = \"c.d\"\npolicy = \"Deny\"\n";
+        assert_eq!(line_of(rules, "access.rules[2].policy"), Some(6));
+        assert_eq!(line_of(rules, "access.rules[1].host"), Some(2));
+        let e = Config::from_toml(rules, &NoEnv).unwrap_err();
+        assert_eq!(e.key, "access.rules[2].policy");
+        assert!(e.message.ends_with("(line 6)"), "{e}");
     }
 
     #[test]
