@@ -264,14 +264,7 @@ async fn the_assertion_reaches_the_app_through_nginx_and_verifies_with_pyjwt() {
     assert!(seen(&r.json(), "x-user-assertion").is_empty(), "{}", r.body);
 
     // The JWKS: public, cacheable, the one key.
-    let r = send(
-        &s.ab.addr,
-        Method::GET,
-        "/.well-known/jwks.json",
-        &[],
-        Bytes::new(),
-    )
-    .await;
+    let r = jwks(&s).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("cache-control"), Some("public, max-age=300"));
     assert!(r
@@ -314,17 +307,21 @@ async fn the_assertion_reaches_the_app_through_nginx_and_verifies_with_pyjwt() {
     assert!(r.header("x-user-assertion").is_none());
 }
 
-/// The kids in the JWKS, as served.
-async fn published(s: &Stack) -> Vec<String> {
-    let r = send(
+/// `GET /.well-known/jwks.json` from authbase itself.
+async fn jwks(s: &Stack) -> Resp {
+    send(
         &s.ab.addr,
         Method::GET,
         "/.well-known/jwks.json",
         &[],
         Bytes::new(),
     )
-    .await;
-    r.json()["keys"]
+    .await
+}
+
+/// The kids in the JWKS, as served.
+async fn published(s: &Stack) -> Vec<String> {
+    jwks(s).await.json()["keys"]
         .as_array()
         .unwrap()
         .iter()
