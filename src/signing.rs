@@ -87,6 +87,7 @@ impl KeyPair {
             retire_at: None,
             wrapped: seal(&key.signing_wrap_key(), &self.kid, &self.seed),
             active_from: None,
+            seq: 0,
         }
     }
 }
@@ -155,9 +156,11 @@ pub fn shown_start(k: &StoredKey) -> i64 {
     k.active_from.unwrap_or(k.created_at)
 }
 
-/// Keys in the order they were made: the newest (the one row without `retire_at`) last.
-fn creation_order(k: &StoredKey) -> (bool, i64, String) {
-    (k.retire_at.is_none(), k.created_at, k.kid.clone())
+/// Keys in the order they were made: the newest (the one row without `retire_at`) last,
+/// then by the store's numbering (`created_at` has whole seconds, and two keys can share
+/// one).
+fn creation_order(k: &StoredKey) -> (bool, i64, i64, String) {
+    (k.retire_at.is_none(), k.seq, k.created_at, k.kid.clone())
 }
 
 /// The item signing at `now`, of `items` in the order they were made: the newest whose
@@ -541,6 +544,36 @@ mod tests {
         }
         let ordered = in_creation_order(&keys);
         assert!(!will_sign(&ordered, 1, 300) && will_sign(&ordered, 2, 300));
+    }
+
+    /// Keys made in one second are told apart by the store's numbering, not by their
+    /// random ids: the newest started key signs, and the JWKS lists the newest first.
+    #[test]
+    fn keys_made_in_one_second_keep_their_order() {
+        let k = server_key(6);
+        let mut keys: Vec<StoredKey> = (1..=3)
+            .map(|seq| StoredKey {
+                seq,
+                ..KeyPair::generate().stored(&k, 100)
+            })
+            .collect();
+        keys[0].retire_at = Some(100 + 3600);
+        keys[1].retire_at = Some(100 + 3600);
+        keys[2].active_from = Some(103);
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let shuffled: Vec<StoredKey> = order.iter().map(|&i| keys[i].clone()).collect();
+            let ring = Ring::from_stored(&shuffled, &k).unwrap();
+            assert_eq!(ring.kid(101), keys[1].kid, "{order:?}");
+            assert_eq!(ring.kid(103), keys[2].kid, "{order:?}");
+            let listed: Vec<String> = ring.jwks(101)["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["kid"].as_str().unwrap().to_string())
+                .collect();
+            let newest_first: Vec<String> = keys.iter().rev().map(|k| k.kid.clone()).collect();
+            assert_eq!(listed, newest_first, "{order:?}");
+        }
     }
 
     #[test]

@@ -16,16 +16,18 @@ pub struct StoredKey {
     /// `None`: the newest key (active, or about to be). Otherwise published until then,
     /// then swept.
     pub retire_at: Option<i64>,
-    /// When it starts signing (published before that); `None`: from `created_at`.
+    /// When it starts signing (published before that); `None`: at once.
     pub active_from: Option<i64>,
+    /// The order the keys were made in, given by the store (0: before it kept one).
+    pub seq: i64,
     /// The private key, sealed under a key derived from the server key file.
     pub wrapped: Vec<u8>,
 }
 
 fn all(c: &Db) -> Result<Vec<StoredKey>> {
     let rows = c.query_map(
-        "SELECT kid, created_at, retire_at, wrapped, active_from FROM signing_keys
-          ORDER BY retire_at IS NULL, created_at, kid",
+        "SELECT kid, created_at, retire_at, wrapped, active_from, COALESCE(seq, 0) FROM signing_keys
+          ORDER BY retire_at IS NULL, COALESCE(seq, 0), created_at, kid",
         args![],
         |r| {
             Ok(StoredKey {
@@ -34,6 +36,7 @@ fn all(c: &Db) -> Result<Vec<StoredKey>> {
                 retire_at: r.get(2)?,
                 wrapped: r.get(3)?,
                 active_from: r.get(4)?,
+                seq: r.get(5)?,
             })
         },
     )?;
@@ -64,7 +67,8 @@ impl Store {
         )?;
         if active == 0 {
             tx.execute(
-                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped) VALUES (?1, ?2, NULL, ?3)",
+                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped, seq)
+                 VALUES (?1, ?2, NULL, ?3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM signing_keys))",
                 args![candidate.kid, candidate.created_at, candidate.wrapped],
             )?;
         }
@@ -94,8 +98,8 @@ impl Store {
                 args![from + overlap.as_secs() as i64],
             )?;
             tx.execute(
-                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped, active_from)
-                 VALUES (?1, ?2, NULL, ?3, ?4)",
+                "INSERT INTO signing_keys (kid, created_at, retire_at, wrapped, active_from, seq)
+                 VALUES (?1, ?2, NULL, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM signing_keys))",
                 args![new.kid, new.created_at, new.wrapped, new.active_from],
             )?;
             let seq = users::record_revocation_kind(&tx, None, None, now, users::KIND_KEYS)?;
@@ -129,16 +133,25 @@ mod tests {
             retire_at: None,
             wrapped: vec![1, 2, 3],
             active_from: None,
+            seq: 0,
         }
+    }
+
+    /// `k` as stored: the store numbers the keys in the order they were made.
+    fn numbered(k: &StoredKey, seq: i64) -> StoredKey {
+        StoredKey { seq, ..k.clone() }
     }
 
     #[tokio::test]
     async fn one_active_key_and_rotation() {
         let (_db, s) = crate::store::testing::store();
         let first = s.ensure_signing_key(key("a")).unwrap();
-        assert_eq!(first, vec![key("a")]);
+        assert_eq!(first, vec![numbered(&key("a"), 1)]);
         // A second start (or a racing server) keeps the existing key.
-        assert_eq!(s.ensure_signing_key(key("b")).unwrap(), vec![key("a")]);
+        assert_eq!(
+            s.ensure_signing_key(key("b")).unwrap(),
+            vec![numbered(&key("a"), 1)]
+        );
         let before = s.last_revocation().await.unwrap();
         let c = StoredKey {
             created_at: 1000,
@@ -166,12 +179,12 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].kid, "a");
         assert_eq!(keys[0].retire_at, Some(4600));
-        assert_eq!(keys[1], c);
+        assert_eq!(keys[1], numbered(&c, 2));
         // Retired keys are swept once their overlap has passed; the active one never.
         s.sweep(4599, 0).await.unwrap();
         assert_eq!(s.signing_keys().await.unwrap().len(), 2);
         s.sweep(4600, 0).await.unwrap();
-        assert_eq!(s.signing_keys().await.unwrap(), vec![c.clone()]);
+        assert_eq!(s.signing_keys().await.unwrap(), vec![numbered(&c, 2)]);
         // Published ahead: the key it replaces is retired an overlap after it signs.
         let d = StoredKey {
             created_at: 5000,
@@ -183,6 +196,26 @@ mod tests {
             .unwrap();
         let keys = s.signing_keys().await.unwrap();
         assert_eq!(keys[0].retire_at, Some(5360 + 3600));
-        assert_eq!(keys[1], d);
+        assert_eq!(keys[1], numbered(&d, 3));
+        // Two more in the same second (and an id that sorts first): still in the order
+        // they were made.
+        for kid in ["f", "e"] {
+            let k = StoredKey {
+                created_at: 5000,
+                ..key(kid)
+            };
+            s.rotate_signing_key(k, Duration::from_secs(3600))
+                .await
+                .unwrap();
+        }
+        let kids: Vec<(String, i64)> = s
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.kid, k.seq))
+            .collect();
+        let want = [("c", 2), ("d", 3), ("f", 4), ("e", 5)].map(|(k, n)| (k.to_string(), n));
+        assert_eq!(kids, want);
     }
 }

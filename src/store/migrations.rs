@@ -195,9 +195,11 @@ const STEPS: &[&str] = &[
     CREATE INDEX limit_windows_expires ON limit_windows(expires_ms);
     "#,
     // 10: `keys rotate` publishes a new signing key before it signs (see `signing`):
-    // active_from is when it starts signing; NULL: from created_at.
+    // active_from is when it starts signing (NULL: at once, whatever the clocks); seq the
+    // order the keys were made in (created_at has whole seconds; NULL: before this step).
     r#"
     ALTER TABLE signing_keys ADD COLUMN active_from INTEGER;
+    ALTER TABLE signing_keys ADD COLUMN seq INTEGER;
     "#,
 ];
 
