@@ -697,24 +697,23 @@ impl Config {
                 .map_err(|e: toml::de::Error| err("environment", e.message().trim_end()))?;
         }
         cfg.derived.env = overrides;
-        cfg.derived.env_warnings = env::unknown_vars(env);
+        let unknown = env::unknown_vars(env);
         // A mistyped access variable would leave the access lists as the file has them,
         // perhaps empty: open sign-up. That is an error, not a warning.
-        if let Some(w) = cfg
-            .derived
-            .env_warnings
+        if let Some(u) = unknown
             .iter()
-            .find(|w| w.starts_with("environment variable AUTHBASE_ACCESS_"))
+            .find(|u| u.name.starts_with("AUTHBASE_ACCESS_"))
         {
-            let var = w.split_whitespace().nth(2).unwrap_or("AUTHBASE_ACCESS_");
-            let hint = w.split_once("; ").map(|(_, h)| h).unwrap_or(
-                "access.allowed_domains and access.allowed_emails are the access keys a variable can set; rules and groups are set in the file only",
-            );
+            let hint = match &u.likely {
+                Some(k) => format!("did you mean {k}?"),
+                None => "access.allowed_domains and access.allowed_emails are the access keys a variable can set; rules and groups are set in the file only".into(),
+            };
             return Err(err(
-                var,
+                &u.name,
                 format!("is not a configuration key ({hint}); a mistake in the access settings could let anyone sign in, so it is an error"),
             ));
         }
+        cfg.derived.env_warnings = unknown.iter().map(env::UnknownVar::warning).collect();
         cfg.read_secrets(env)?;
         cfg.validate().map_err(|e| {
             let set_by_env = cfg.derived.env.iter().any(|o| e.key == o.key);

@@ -136,14 +136,6 @@ fn unseal(wrap: &[u8; 32], kid: &str, wrapped: &[u8]) -> Option<[u8; 32]> {
         .ok()
 }
 
-/// A public key in the JWKS.
-#[derive(Debug, Clone)]
-struct Published {
-    kid: String,
-    x: String,
-    retire_at: Option<i64>,
-}
-
 /// When a stored key signs from, for the rule below: `active_from`, or, for a key made to
 /// sign at once (`None`: the first key, `keys rotate --now`), from the beginning, whatever
 /// the clocks of the host that made it and of the servers say.
@@ -193,7 +185,8 @@ pub fn will_sign(keys: &[&StoredKey], i: usize, now: i64) -> bool {
     start > now && keys[i + 1..].iter().all(|k| signs_from(k) > start)
 }
 
-/// A key a server can sign with.
+/// A key of the ring: it signs from `from` (while it is the newest that has started), and
+/// is published until `retire_at`.
 struct KeyInRing {
     kid: String,
     /// Expanded once (zeroed on drop).
@@ -203,20 +196,22 @@ struct KeyInRing {
     header: String,
     /// When it signs from (see `signs_from`).
     from: i64,
+    /// The public key, base64url, for the JWKS.
+    x: String,
+    retire_at: Option<i64>,
 }
 
 /// The keys a server signs with and publishes.
 pub struct Ring {
     /// Every key that can be opened, in the order they were made: the one signing at a
-    /// time is chosen by `signing_at`.
-    signers: Vec<KeyInRing>,
-    published: Vec<Published>,
+    /// time is chosen by `signing_at`; the JWKS lists those not past `retire_at`.
+    keys: Vec<KeyInRing>,
 }
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<&str> = self.signers.iter().map(|s| s.kid.as_str()).collect();
-        write!(f, "Ring({kids:?}, {} published)", self.published.len())
+        let kids: Vec<&str> = self.keys.iter().map(|k| k.kid.as_str()).collect();
+        write!(f, "Ring({kids:?})")
     }
 }
 
@@ -226,8 +221,7 @@ impl Ring {
     /// (the server key file was replaced or the row altered).
     pub fn from_stored(keys: &[StoredKey], key: &ServerKey) -> Result<Ring, String> {
         let wrap = key.signing_wrap_key();
-        let mut signers = Vec::new();
-        let mut published = Vec::new();
+        let mut ring = Vec::new();
         for k in in_creation_order(keys) {
             let Some(seed) = unseal(&wrap, &k.kid, &k.wrapped) else {
                 if k.retire_at.is_none() {
@@ -244,29 +238,26 @@ impl Ring {
             if pair.kid != k.kid {
                 return Err(format!("signing key {} does not match its id", k.kid));
             }
-            published.push(Published {
-                kid: k.kid.clone(),
-                x: URL_SAFE_NO_PAD.encode(pair.public),
-                retire_at: k.retire_at,
-            });
             let mut h = Header::new(Algorithm::EdDSA);
             h.kid = Some(pair.kid.clone());
             let header = serde_json::to_vec(&h).map_err(|e| format!("JOSE header: {e}"))?;
-            signers.push(KeyInRing {
+            ring.push(KeyInRing {
                 key: SigningKey::from_bytes(&pair.seed),
                 header: URL_SAFE_NO_PAD.encode(header),
+                x: URL_SAFE_NO_PAD.encode(pair.public),
                 kid: pair.kid.clone(),
                 from: signs_from(k),
+                retire_at: k.retire_at,
             });
         }
         if !keys.iter().any(|k| k.retire_at.is_none()) {
             return Err("no active signing key".into());
         }
-        Ok(Ring { signers, published })
+        Ok(Ring { keys: ring })
     }
 
     fn signer(&self, now: i64) -> &KeyInRing {
-        signing_at(&self.signers, |s| s.from, now).expect("a ring has a key")
+        signing_at(&self.keys, |k| k.from, now).expect("a ring has a key")
     }
 
     /// The id of the key signing at `now`.
@@ -297,9 +288,9 @@ impl Ring {
     /// `/.well-known/jwks.json` at `now`: every key not past its overlap (one published
     /// ahead of signing included), newest (last made) first.
     pub fn jwks(&self, now: i64) -> serde_json::Value {
-        // `published` is in the order the keys were made.
-        let keys: Vec<&Published> = self
-            .published
+        // `keys` is in the order they were made.
+        let keys: Vec<&KeyInRing> = self
+            .keys
             .iter()
             .rev()
             .filter(|p| p.retire_at.is_none_or(|t| t > now))
@@ -393,6 +384,16 @@ mod tests {
         }
     }
 
+    /// The key ids a JWKS lists, in its order.
+    fn kids(jwks: &serde_json::Value) -> Vec<String> {
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["kid"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     fn server_key(b: u8) -> ServerKey {
         ServerKey::from_bytes([b; 32])
     }
@@ -456,14 +457,7 @@ mod tests {
                 "at {now}"
             );
         }
-        let published = |now| -> Vec<String> {
-            ring.jwks(now)["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["kid"].as_str().unwrap().to_string())
-                .collect()
-        };
+        let published = |now| kids(&ring.jwks(now));
         assert_eq!(published(100), vec![next.kid.clone(), old.kid.clone()]);
         assert_eq!(published(460 + 3600), vec![next.kid.clone()]);
         // The first key signs from the beginning, whatever the clock says.
@@ -503,14 +497,8 @@ mod tests {
             assert_eq!(signing_key_at(keys, now).unwrap().kid, ring.kid(now));
             ring.kid(now).to_string()
         };
-        let published = |keys: &[StoredKey], now: i64| -> Vec<String> {
-            Ring::from_stored(keys, &k).unwrap().jwks(now)["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["kid"].as_str().unwrap().to_string())
-                .collect()
-        };
+        let published =
+            |keys: &[StoredKey], now: i64| kids(&Ring::from_stored(keys, &k).unwrap().jwks(now));
         // At 100 `keys rotate` (B from 460), at 200 `keys rotate --now` (C, stamped by a
         // CLI whose clock runs 50 s ahead of the server's).
         let (mut a, mut b, c) = (at(0, None), at(100, Some(460)), at(250, None));
@@ -565,12 +553,7 @@ mod tests {
             let ring = Ring::from_stored(&shuffled, &k).unwrap();
             assert_eq!(ring.kid(101), keys[1].kid, "{order:?}");
             assert_eq!(ring.kid(103), keys[2].kid, "{order:?}");
-            let listed: Vec<String> = ring.jwks(101)["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["kid"].as_str().unwrap().to_string())
-                .collect();
+            let listed = kids(&ring.jwks(101));
             let newest_first: Vec<String> = keys.iter().rev().map(|k| k.kid.clone()).collect();
             assert_eq!(listed, newest_first, "{order:?}");
         }

@@ -188,8 +188,29 @@ pub(super) fn name_the_variable(e: ConfigError, env: &[EnvOverride]) -> ConfigEr
     }
 }
 
-/// One warning per `AUTHBASE_*` variable that is neither a key nor in [`ENV_ONLY`].
-pub(super) fn unknown_vars(env: &dyn Env) -> Vec<String> {
+/// An `AUTHBASE_*` variable that is neither a key nor in [`ENV_ONLY`], and the variable
+/// it was likely meant to be.
+pub(super) struct UnknownVar {
+    pub name: String,
+    pub likely: Option<String>,
+}
+
+impl UnknownVar {
+    /// The start-up warning.
+    pub fn warning(&self) -> String {
+        let hint = match &self.likely {
+            Some(k) => format!("; did you mean {k}?"),
+            None => String::new(),
+        };
+        format!(
+            "environment variable {} is not a configuration key and is ignored{hint}",
+            self.name
+        )
+    }
+}
+
+/// Every set `AUTHBASE_*` variable that is neither a key nor in [`ENV_ONLY`].
+pub(super) fn unknown_vars(env: &dyn Env) -> Vec<UnknownVar> {
     let known: Vec<String> = env_keys()
         .into_iter()
         .map(|k| k.var)
@@ -202,15 +223,14 @@ pub(super) fn unknown_vars(env: &dyn Env) -> Vec<String> {
         .into_iter()
         .filter(|n| n.starts_with("AUTHBASE_") && !n.starts_with("AUTHBASE_TEST_"))
         .filter(|n| !known.contains(n))
-        .map(|n| {
-            let hint = known
+        .map(|name| UnknownVar {
+            likely: known
                 .iter()
-                .map(|k| (distance(&n, k), k))
+                .map(|k| (distance(&name, k), k))
                 .filter(|(d, _)| *d <= 3)
                 .min()
-                .map(|(_, k)| format!("; did you mean {k}?"))
-                .unwrap_or_default();
-            format!("environment variable {n} is not a configuration key and is ignored{hint}")
+                .map(|(_, k)| k.clone()),
+            name,
         })
         .collect()
 }
